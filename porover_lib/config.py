@@ -1,0 +1,288 @@
+"""Typed run parameters: one YAML per profile in `params/`, validated when loaded.
+
+A profile may start with `extends: <other profile>` and override only what differs; the resolved
+profile is what the notebooks read and what DVC tracks (`params/active.yaml`, written by `make`).
+Every mistake (unknown key, wrong type, out-of-range value) fails at load time with a message
+that names the file, the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ROLES = ("general", "harmful", "seemingly_toxic")
+Role = Literal["general", "harmful", "seemingly_toxic"]
+
+
+class Strict(BaseModel):
+    """Base for every params section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelParams(Strict):
+    """A model to load: an HF hub id, a local path, or `embedded:smollm2-135m-instruct`."""
+
+    name: str = "embedded:smollm2-135m-instruct"
+    revision: str | None = None  # pin a hub commit for reproducible real runs
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    trust_remote_code: bool = False
+    load_in_4bit: bool = False  # QLoRA: bitsandbytes nf4 + double quantisation, bf16 compute
+
+
+class PromptSetParams(Strict):
+    """Where a prompt set comes from; every source is normalised to `prompts.PromptRecord`."""
+
+    source: Literal["embedded", "hub", "file"] = "embedded"
+    name: str  # embedded set name, hub table key (see prompts.HUB_SOURCES) or a file path
+    role: Role | None = None  # required for hub/file sources without a role in the table
+    split: Literal["train", "eval", "all"] = "all"
+    limit: int | None = Field(default=None, ge=1)
+    columns: dict[str, str] = Field(default_factory=dict)  # our field -> column in the file
+    label: Literal["safe", "unsafe"] | None = None  # label for files that carry none
+
+
+class SamplingParams(Strict):
+    n: int = Field(default=1, ge=1, le=256)  # completions per prompt
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)  # 0 = greedy
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=128, ge=1, le=32768)
+    batch_size: int = Field(default=16, ge=1)  # sequences per forward pass (hf backend)
+    system_prompt: str | None = None
+
+
+class BackendParams(Strict):
+    """A generation backend (teacher, student sampler, or judge model)."""
+
+    kind: Literal["hf", "openai", "vllm", "reference"] = "hf"
+    model: ModelParams = Field(default_factory=ModelParams)
+    # openai-compatible servers (OpenAI, vLLM, llama.cpp, Ollama)
+    base_url: str | None = None
+    api_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself never enters params
+    max_concurrency: int = Field(default=8, ge=1, le=512)
+    timeout: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=6, ge=0, le=50)
+
+    @model_validator(mode="after")
+    def _openai_needs_model(self) -> BackendParams:
+        if self.kind == "openai" and not self.api_model:
+            raise ValueError("kind 'openai' needs 'api_model' (the model name the server serves)")
+        return self
+
+
+class OvergenerateParams(Strict):
+    """Stage 01: the teacher writes `sampling.n` completions per prompt of each set."""
+
+    sets: dict[str, str] = Field(default_factory=dict)  # prompt set name -> teacher name
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=4, temperature=0.8, top_p=0.95))
+
+
+class JudgeParams(Strict):
+    name: str
+    model: ModelParams | None = None  # model-based judges (llama_guard, hf_reward_model, heuristic scorer)
+    backend: str | None = None  # a teacher/backend name for judges that talk through a backend (llm, llama_guard)
+
+
+class JudgesParams(Strict):
+    refusal: JudgeParams = Field(default_factory=lambda: JudgeParams(name="keyword"))
+    safety: JudgeParams = Field(default_factory=lambda: JudgeParams(name="refusal_proxy"))
+    reward: JudgeParams = Field(default_factory=lambda: JudgeParams(name="heuristic"))
+
+
+class SelectParams(Strict):
+    """Stage 02: rejection sampling (best-of-N by judges)."""
+
+    strategy: Literal["best_of_n", "random", "first"] = "best_of_n"
+    min_reward: float | None = None  # optional floor on the reward of a kept general completion
+
+
+class LoraParams(Strict):
+    r: int = Field(default=16, ge=1, le=1024)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class DertaParams(Strict):
+    """DeRTa (Yuan et al. 2024): harmful-prefix MLE and Reinforced Transition Optimisation."""
+
+    no_prefix_share: float = Field(default=0.5, ge=0.0, le=1.0)  # harmful examples kept without a prefix
+    rto_share: float = Field(default=1.0, ge=0.0)  # RTO examples per harmful example with a harmful response
+
+
+class SFTParams(Strict):
+    """Stage 03: (Q)LoRA SFT of the student on the selected data."""
+
+    objective: Literal["standard", "derta"] = "standard"
+    lora: LoraParams = Field(default_factory=LoraParams)
+    derta: DertaParams = Field(default_factory=DertaParams)
+    epochs: float = Field(default=2.0, gt=0)
+    max_steps: int = Field(default=-1, ge=-1)  # -1: run `epochs`
+    learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=512, ge=16)
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    gradient_checkpointing: bool = False
+
+
+class PreferenceParams(Strict):
+    """Stage 04: student overgeneration, refusal rates, containment threshold tau, pairs."""
+
+    sets: list[str] = Field(default_factory=list)  # prompt sets (seemingly-toxic and harmful roles)
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=4, temperature=0.8, top_p=0.95))
+    tau: float = Field(default=0.5, ge=0.0, le=1.0)  # prompts refused at a rate >= tau become pairs
+    teacher: str | None = None  # teacher for chosen answers not already overgenerated in stage 01
+    safety_pair_share: float = Field(default=1.0, ge=0.0, le=1.0)  # share of unsafe compliances kept as pairs
+
+
+class POVariantParams(Strict):
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"])
+    loss_weights: list[float] | None = None
+    beta: float = Field(default=0.1, gt=0)
+
+
+class POParams(Strict):
+    """Stage 05: DPO-family preference optimisation, continuing from the SFT adapter."""
+
+    variants: dict[str, POVariantParams] = Field(default_factory=lambda: {"po": POVariantParams()})
+    epochs: float = Field(default=2.0, gt=0)
+    max_steps: int = Field(default=-1, ge=-1)
+    learning_rate: float = Field(default=5e-5, gt=0, le=1.0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=512, ge=16)
+    gradient_checkpointing: bool = False
+
+
+class EvaluateParams(Strict):
+    """Stage 06: responses per (checkpoint, prompt set), judged, with bootstrap CIs."""
+
+    sets: list[str] = Field(default_factory=list)
+    checkpoints: list[str] = Field(default_factory=lambda: ["base", "sft", "po"])
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=1, temperature=0.0))
+    n_boot: int = Field(default=1000, ge=10)
+
+
+class Params(Strict):
+    """A whole profile. Sections map one-to-one onto the notebooks."""
+
+    profile: str
+    description: str = ""
+    seed: int = 0
+    student: ModelParams = Field(default_factory=ModelParams)
+    prompts: dict[str, PromptSetParams] = Field(default_factory=dict)
+    teachers: dict[str, BackendParams] = Field(default_factory=dict)
+    overgenerate: OvergenerateParams = Field(default_factory=OvergenerateParams)
+    judges: JudgesParams = Field(default_factory=JudgesParams)
+    select: SelectParams = Field(default_factory=SelectParams)
+    sft: SFTParams = Field(default_factory=SFTParams)
+    preference: PreferenceParams = Field(default_factory=PreferenceParams)
+    po: POParams = Field(default_factory=POParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @field_validator("prompts")
+    @classmethod
+    def _roles_known(cls, prompts: dict[str, PromptSetParams]) -> dict[str, PromptSetParams]:
+        for name, spec in prompts.items():
+            if spec.source == "file" and spec.role is None and "label" not in spec.columns:
+                raise ValueError(f"prompt set {name!r} from a file needs 'role' (one of {list(ROLES)}) "
+                                 "or a 'label' column to derive it from")
+        return prompts
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Params:
+        """Names used by one section must be defined in another: fail now, not an hour into a run."""
+        def need(kind: str, name: str | None, where: str, pool: dict) -> None:
+            if name is not None and name not in pool:
+                raise ValueError(f"{where}: unknown {kind} {name!r}; defined: {sorted(pool)}")
+
+        for set_name, teacher in self.overgenerate.sets.items():
+            need("prompt set", set_name, "overgenerate.sets", self.prompts)
+            if teacher != "reference":
+                need("teacher", teacher, f"overgenerate.sets.{set_name}", self.teachers)
+        for set_name in self.preference.sets:
+            need("prompt set", set_name, "preference.sets", self.prompts)
+        if self.preference.teacher not in (None, "reference"):
+            need("teacher", self.preference.teacher, "preference.teacher", self.teachers)
+        for set_name in self.evaluate.sets:
+            need("prompt set", set_name, "evaluate.sets", self.prompts)
+        for judge in (self.judges.refusal, self.judges.safety, self.judges.reward):
+            need("teacher", judge.backend, f"judges.{judge.name}.backend", self.teachers)
+        return self
+
+    def teacher(self, name: str) -> BackendParams:
+        """The backend named `name`; `reference` is built in (team-written safe responses)."""
+        if name == "reference":
+            return BackendParams(kind="reference")
+        return self.teachers[name]
+
+
+class ParamsError(ValueError):
+    """A profile that cannot be loaded; the message names file, key, value and what is allowed."""
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None and isinstance(out.get(key), dict):
+            del out[key]  # `key: null` in a child profile removes a section the parent defined
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a profile YAML and apply `extends:` chains (relative to the file's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    if path.resolve() in _seen:
+        raise ParamsError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, _seen))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent_path = path.parent / (parent if str(parent).endswith(".yaml") else f"{parent}.yaml")
+    return _merge(resolve_raw(parent_path, _seen + (path.resolve(),)), raw)
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}' (value {err['input']!r}); check the spelling against the schema in porover_lib/config.py"
+    if err["type"] == "missing":
+        return f"missing key '{key}': {msg}"
+    return f"key '{key}': value {err['input']!r} is not allowed: {msg}"
+
+
+def validate(raw: dict[str, Any], source: str = "<params>") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = [_describe(e) for e in err.errors(include_url=False)]
+        raise ParamsError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path) -> Params:
+    """Load, resolve `extends`, and validate a profile."""
+    return validate(resolve_raw(path), str(path))
+
+
+def dump_resolved(params: Params) -> str:
+    """The fully resolved profile as YAML (what `params/active.yaml` holds, for DVC to track)."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

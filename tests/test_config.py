@@ -1,0 +1,78 @@
+"""Params profiles load, and every kind of mistake fails at load time with a useful message."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from porover_lib.config import ParamsError, dump_resolved, load_params, validate
+
+PARAMS = Path(__file__).resolve().parents[1] / "params"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_every_profile_loads(profile):
+    params = load_params(PARAMS / f"{profile}.yaml")
+    assert params.profile == profile
+    assert set(params.evaluate.sets) <= set(params.prompts)
+
+
+def test_paper_profile_is_the_papers_setup():
+    paper = load_params(PARAMS / "paper.yaml")
+    assert paper.student.name == "meta-llama/Llama-3.1-8B-Instruct" and paper.student.load_in_4bit
+    assert paper.teachers["gpt4o"].kind == "openai" and paper.teachers["gpt4o"].api_model == "gpt-4o"
+    assert paper.judges.safety.name == "llama_guard"
+    assert "smol" not in paper.teachers  # `smol: null` removed the default's local teacher
+
+
+def test_smoke_extends_default_and_overrides_only_what_it_says():
+    smoke, default = load_params(PARAMS / "smoke.yaml"), load_params(PARAMS / "default.yaml")
+    assert smoke.prompts["harmful_train"].limit == 4
+    assert smoke.prompts["harmful_train"].split == default.prompts["harmful_train"].split == "train"
+    assert smoke.sft.learning_rate == default.sft.learning_rate
+
+
+def test_resolved_profile_round_trips():
+    params = load_params(PARAMS / "default.yaml")
+    assert validate(yaml.safe_load(dump_resolved(params))) == params
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("profile: x\nsft: {learning_rat: 0.1}\n", ["unknown key 'sft.learning_rat'", "0.1"]),
+    ("profile: x\nsft: {epochs: two}\n", ["key 'sft.epochs'", "'two'", "valid number"]),
+    ("profile: x\npreference: {tau: 1.5}\n", ["key 'preference.tau'", "1.5", "less than or equal to 1"]),
+    ("profile: x\nsft: {objective: magic}\n", ["key 'sft.objective'", "'magic'", "'standard' or 'derta'"]),
+    ("profile: x\nstudent: {dtype: int3}\n", ["key 'student.dtype'", "int3", "bfloat16"]),
+    ("profile: x\nevaluate: {sets: [nowhere]}\n", ["unknown prompt set 'nowhere'"]),
+    ("profile: x\nprompts: {a: {name: a}}\novergenerate: {sets: {a: ghost}}\n", ["unknown teacher 'ghost'"]),
+    ("seed: 1\n", ["missing key 'profile'"]),
+    ("profile: x\nteachers: {t: {kind: openai}}\n", ["api_model"]),
+    ("profile: x\nprompts: {f: {source: file, name: f.csv}}\n", ["needs 'role'"]),
+])
+def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, expected):
+    path = _write(tmp_path, body)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, message
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(_write(tmp_path, "profile: [unclosed\n"))
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b\nprofile: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a\nprofile: b\n")
+    with pytest.raises(ParamsError, match="cycle"):
+        load_params(tmp_path / "a.yaml")
