@@ -1,0 +1,286 @@
+"""Report figures (seaborn styling, Agg rendering).
+
+Each function returns a matplotlib Figure and, given `path`, also writes a PNG there
+(parent folders are created). Figures are `matplotlib.figure.Figure` objects bound to
+an Agg canvas rather than pyplot figures, so they need no display, do not switch the
+caller's backend and do not pile up in pyplot's figure registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from porover_lib.metrics import refusal_flags
+
+RATE_METRICS = ("safety", "usefulness", "f1")
+TRAJECTORY = ("base", "sft", "po")
+DPO_KEYS = ("rewards/margins", "rewards/accuracies")
+
+
+def _figure(figsize, ncols: int = 1, style: str = "whitegrid"):
+    """A headless Agg figure and its axes, styled by seaborn without touching global rcParams."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    with sns.axes_style(style):
+        axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def _finish(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150)
+    return fig
+
+
+def _get(mapping: Mapping, key: str, where: str):
+    """mapping[key] with an error that says where the key was expected and what exists."""
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {type(mapping).__name__}")
+    if key not in mapping:
+        raise ValueError(f"{where} has no {key!r}; keys present: {list(mapping)}")
+    return mapping[key]
+
+
+def _ci(stats: Mapping, metric: str, where: str) -> tuple[float, float, float]:
+    """(value, value - low, high - value) of a summary metric, i.e. errorbar half-widths."""
+    value = _get(stats, metric, where)
+    return value, value - _get(stats, f"{metric}_low", where), _get(stats, f"{metric}_high", where) - value
+
+
+def _summary(metrics_dict: Mapping) -> Mapping:
+    summary = _get(metrics_dict, "summary", "metrics_dict")
+    if not summary:
+        raise ValueError("metrics_dict['summary'] has no checkpoints")
+    return summary
+
+
+def _require_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
+    for col in columns:
+        if col not in df.columns:
+            raise ValueError(f"missing column {col!r}; columns present: {list(df.columns)}")
+
+
+# --------------------------------------------------------------------------- rates
+
+
+def rates_with_ci(metrics_dict: Mapping, path: str | Path | None = None) -> Figure:
+    """Grouped bars (safety, usefulness, F1) per checkpoint with 95% CI error bars.
+
+    Metrics a checkpoint lacks are left out rather than drawn as zero.
+    """
+    summary = _summary(metrics_dict)
+    present = [m for m in RATE_METRICS if any(m in s for s in summary.values())]
+    if not present:
+        raise ValueError(f"metrics_dict['summary'] has none of {RATE_METRICS}")
+    fig, ax = _figure((max(4.5, 1.6 + 1.2 * len(summary)), 3.8))
+    width = 0.8 / len(present)
+    colors = sns.color_palette("deep", len(present))
+    for j, metric in enumerate(present):
+        xs, values, errs = [], [], [[], []]
+        for i, (ckpt, stats) in enumerate(summary.items()):
+            if metric not in stats:
+                continue
+            value, minus, plus = _ci(stats, metric, f"metrics_dict['summary'][{ckpt!r}]")
+            xs.append(i + (j - (len(present) - 1) / 2) * width)
+            values.append(value)
+            errs[0].append(minus)
+            errs[1].append(plus)
+        label = "F1" if metric == "f1" else metric
+        ax.bar(xs, values, width, yerr=errs, capsize=3, color=colors[j], label=label)
+    ax.set_xticks(range(len(summary)), [str(c) for c in summary])
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("rate (95% CI)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
+    return _finish(fig, path)
+
+
+def tradeoff_plane(
+    metrics_dict: Mapping,
+    paper_points: Sequence[Mapping] | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """Safety (y) vs usefulness (x) per checkpoint, with CI whiskers, iso-F1 curves and
+    arrows along base -> sft -> po for the checkpoints that exist.
+
+    paper_points: optional [{"label", "safety", "usefulness"}] as fractions in [0, 1].
+    """
+    summary = _summary(metrics_dict)
+    fig, ax = _figure((5, 5))
+    u = np.linspace(0.01, 1, 200)
+    for level in (0.5, 0.7, 0.9):  # F1 = level  <=>  s = level * u / (2u - level)
+        ok = 2 * u > level
+        s = level * u[ok] / (2 * u[ok] - level)
+        keep = s <= 1
+        ax.plot(u[ok][keep], s[keep], color="0.8", lw=0.8, ls="--", zorder=0)
+        ax.text(1.0, level * 1 / (2 - level), f"F1={level}", fontsize=7, color="0.5", ha="right", va="bottom")
+
+    points = {}
+    for ckpt, stats in summary.items():
+        if "safety" not in stats or "usefulness" not in stats:
+            continue  # a checkpoint needs both axes to be placed
+        where = f"metrics_dict['summary'][{ckpt!r}]"
+        sv, s_lo, s_hi = _ci(stats, "safety", where)
+        uv, u_lo, u_hi = _ci(stats, "usefulness", where)
+        ax.errorbar(uv, sv, xerr=[[u_lo], [u_hi]], yerr=[[s_lo], [s_hi]], fmt="o", capsize=3, label=str(ckpt))
+        ax.annotate(str(ckpt), (uv, sv), xytext=(5, 5), textcoords="offset points", fontsize=9)
+        points[ckpt] = (uv, sv)
+    if not points:
+        raise ValueError("no checkpoint in metrics_dict['summary'] has both 'safety' and 'usefulness'")
+
+    path_names = [name for name in TRAJECTORY if name in points]
+    for start, end in zip(path_names, path_names[1:]):
+        ax.annotate("", xy=points[end], xytext=points[start],
+                    arrowprops={"arrowstyle": "->", "color": "0.3", "lw": 1.2})
+
+    for i, point in enumerate(paper_points or []):
+        where = f"paper_points[{i}]"
+        label, s, uv = _get(point, "label", where), _get(point, "safety", where), _get(point, "usefulness", where)
+        if not (0 <= s <= 1 and 0 <= uv <= 1):
+            raise ValueError(f"{where} must hold fractions in [0, 1] (not percents), got safety={s}, usefulness={uv}")
+        ax.scatter(uv, s, marker="X", s=60, color="0.35", zorder=3)
+        ax.annotate(str(label), (uv, s), xytext=(5, -10), textcoords="offset points", fontsize=8, color="0.35")
+
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_aspect("equal")
+    ax.set_xlabel("usefulness (1 - over-refusal)")
+    ax.set_ylabel("safety")
+    ax.set_title("safety / usefulness trade-off")
+    return _finish(fig, path)
+
+
+def refusal_heatmap(
+    df: pd.DataFrame, roles: Sequence[str] | None = None, path: str | Path | None = None
+) -> Figure:
+    """Refusal rate (full or partial) by category x checkpoint, annotated.
+
+    `roles` (e.g. ["seemingly_toxic"]) keeps harmful and benign rows that share a
+    category name from being averaged together. Rows without a refusal_label
+    (not judged) are left out.
+    """
+    _require_columns(df, ("checkpoint", "category", "refusal_label") + (("role",) if roles else ()))
+    judged = df.dropna(subset=["refusal_label"])
+    if roles:
+        judged = judged[judged["role"].isin(roles)]
+    if judged.empty:
+        raise ValueError(f"no rows with a refusal_label to plot (roles={roles})")
+    table = (
+        judged.assign(refused=refusal_flags(judged["refusal_label"]))
+        .pivot_table(index="category", columns="checkpoint", values="refused", aggfunc="mean", sort=False)
+        .reindex(columns=pd.unique(judged["checkpoint"]))
+    )
+    fig, ax = _figure((1.5 + 1.1 * table.shape[1], 1.2 + 0.45 * table.shape[0]), style="white")
+    sns.heatmap(table, ax=ax, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="rocket_r",
+                cbar_kws={"label": "refusal rate"})
+    ax.tick_params(axis="y", labelrotation=0)
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("category")
+    return _finish(fig, path)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _series(log_history: Sequence[Mapping], key: str) -> tuple[list, list]:
+    steps, values = [], []
+    for i, entry in enumerate(log_history):
+        if key in entry:
+            steps.append(_get(entry, "step", f"log_history[{i}]"))
+            values.append(entry[key])
+    return steps, values
+
+
+def _logged_keys(log_history: Sequence[Mapping]) -> list[str]:
+    return sorted({k for entry in log_history for k in entry})
+
+
+def loss_curve(
+    log_history: Sequence[Mapping], keys: Sequence[str] = ("loss",), path: str | Path | None = None
+) -> Figure:
+    """Training curves vs step from a HF Trainer `state.log_history` (one line per key)."""
+    if isinstance(keys, str):
+        keys = (keys,)
+    fig, ax = _figure((5.5, 3.5))
+    for key in keys:
+        steps, values = _series(log_history, key)
+        if not steps:
+            raise ValueError(f"log_history has no {key!r} entries; keys logged: {_logged_keys(log_history)}")
+        ax.plot(steps, values, marker="o", ms=3, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss" if len(keys) == 1 and keys[0] == "loss" else "value")
+    ax.legend()
+    return _finish(fig, path)
+
+
+def preference_curves(log_history: Sequence[Mapping], path: str | Path | None = None) -> Figure:
+    """DPO reward margin and preference accuracy vs step, train and eval_ series as logged by TRL."""
+    fig, axes = _figure((9, 3.5), ncols=2)
+    for ax, key in zip(axes, DPO_KEYS):
+        drawn = 0
+        for name in (key, f"eval_{key}"):
+            steps, values = _series(log_history, name)
+            if steps:
+                ax.plot(steps, values, marker="o", ms=3, label="eval" if name.startswith("eval_") else "train")
+                drawn += 1
+        if not drawn:
+            raise ValueError(
+                f"log_history has neither {key!r} nor 'eval_{key}'; keys logged: {_logged_keys(log_history)}"
+            )
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.legend()
+    axes[0].axhline(0, color="0.5", lw=0.8)
+    axes[1].set_ylim(0, 1.02)
+    return _finish(fig, path)
+
+
+# --------------------------------------------------------------------------- data selection
+
+
+def score_distributions(
+    df: pd.DataFrame, score_column: str, hue_column: str, kde: bool = True, path: str | Path | None = None
+) -> Figure:
+    """Histogram (+ KDE) of judge scores per group, each group normalised on its own."""
+    _require_columns(df, (score_column, hue_column))
+    data = df.dropna(subset=[score_column])
+    if data.empty:
+        raise ValueError(f"column {score_column!r} has no scores to plot")
+    fig, ax = _figure((6, 3.5))
+    sns.histplot(data=data, x=score_column, hue=hue_column, kde=kde, stat="density",
+                 common_norm=False, element="step", ax=ax)
+    ax.set_xlabel(score_column)
+    ax.set_ylabel("density")
+    return _finish(fig, path)
+
+
+def refusal_rate_histogram(
+    rates: Sequence[float], tau: float | None = None, path: str | Path | None = None
+) -> Figure:
+    """Histogram of per-prompt student refusal rates, with the selection threshold tau marked."""
+    x = np.asarray(rates, dtype=float)
+    if x.size == 0:
+        raise ValueError("rates is empty")
+    if not ((x >= 0) & (x <= 1)).all():
+        raise ValueError("rates must be fractions in [0, 1] (NaN not allowed)")
+    fig, ax = _figure((5.5, 3.5))
+    sns.histplot(x=x, bins=20, binrange=(0, 1), ax=ax)
+    if tau is not None:
+        if not 0 <= tau <= 1:
+            raise ValueError(f"tau must be in [0, 1], got {tau}")
+        above = int((x >= tau).sum())
+        ax.axvline(tau, color="crimson", ls="--", label=f"τ = {tau:g} ({above}/{x.size} prompts ≥ τ)")
+        ax.legend()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("student refusal rate per prompt")
+    ax.set_ylabel("prompts")
+    return _finish(fig, path)

@@ -1,0 +1,224 @@
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from porover_lib import plots
+from porover_lib.metrics import summarize
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path):
+    assert path.exists(), path
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def _summary_stats(safety, usefulness, f1, hw=0.05):
+    return {
+        "safety": safety, "safety_low": safety - hw, "safety_high": safety + hw,
+        "usefulness": usefulness, "usefulness_low": usefulness - hw, "usefulness_high": usefulness + hw,
+        "f1": f1, "f1_low": f1 - hw, "f1_high": f1 + hw,
+    }
+
+
+@pytest.fixture
+def metrics_dict():
+    return {"checkpoints": {}, "summary": {
+        "base": _summary_stats(0.6, 0.9, 0.72),
+        "sft": _summary_stats(0.95, 0.4, 0.56),
+        "po": _summary_stats(0.93, 0.8, 0.86),
+    }}
+
+
+def _bar_heights(ax):
+    return [[round(p.get_height(), 6) for p in c.patches] for c in ax.containers if hasattr(c, "patches")]
+
+
+def test_rates_with_ci(metrics_dict, tmp_path):
+    out = tmp_path / "nested" / "dir" / "rates.png"
+    fig = plots.rates_with_ci(metrics_dict, path=out)
+    assert isinstance(fig, Figure)
+    _assert_png(out)
+    (ax,) = fig.axes
+    assert _bar_heights(ax) == [[0.6, 0.95, 0.93], [0.9, 0.4, 0.8], [0.72, 0.56, 0.86]]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "sft", "po"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["safety", "usefulness", "F1"]
+    assert ax.get_xlabel() == "checkpoint" and "CI" in ax.get_ylabel()
+    # one error-bar segment per bar, spanning [low, high]
+    segments = [seg for coll in ax.collections for seg in coll.get_segments()]
+    assert len(segments) == 9
+    assert sorted(round(s[1][1] - s[0][1], 6) for s in segments) == [0.1] * 9
+
+
+def test_rates_with_ci_skips_absent_metrics(metrics_dict):
+    metrics_dict["summary"]["extra"] = {"usefulness": 0.5, "usefulness_low": 0.4, "usefulness_high": 0.6}
+    ax = plots.rates_with_ci(metrics_dict).axes[0]
+    assert sum(len(h) for h in _bar_heights(ax)) == 10
+
+
+def test_rates_with_ci_missing_keys(metrics_dict):
+    with pytest.raises(ValueError, match="no 'summary'"):
+        plots.rates_with_ci({"checkpoints": {}})
+    del metrics_dict["summary"]["sft"]["safety_low"]
+    with pytest.raises(ValueError, match=r"\['sft'\] has no 'safety_low'"):
+        plots.rates_with_ci(metrics_dict)
+
+
+def test_tradeoff_plane(metrics_dict, tmp_path):
+    out = tmp_path / "plane.png"
+    paper = [{"label": "paper PO", "safety": 0.97, "usefulness": 0.85}]
+    fig = plots.tradeoff_plane(metrics_dict, paper_points=paper, path=out)
+    _assert_png(out)
+    (ax,) = fig.axes
+    arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+    labels = [t.get_text() for t in ax.texts
+              if getattr(t, "arrow_patch", None) is None and not t.get_text().startswith("F1=")]
+    assert len(arrows) == 2  # base -> sft -> po
+    assert labels == ["base", "sft", "po", "paper PO"]
+    assert ax.get_xlabel().startswith("usefulness") and ax.get_ylabel() == "safety"
+    assert ax.get_xlim() == (0, 1.02) and ax.get_ylim() == (0, 1.02)
+    assert len(ax.containers) == 3  # one errorbar per checkpoint
+
+
+def test_tradeoff_plane_arrows_only_between_existing_names(metrics_dict):
+    del metrics_dict["summary"]["sft"]
+    metrics_dict["summary"]["other"] = _summary_stats(0.5, 0.5, 0.5)
+    ax = plots.tradeoff_plane(metrics_dict).axes[0]
+    arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+    assert len(arrows) == 1  # base -> po
+    assert arrows[0].xy == (0.8, 0.93)
+
+
+def test_tradeoff_plane_errors(metrics_dict):
+    with pytest.raises(ValueError, match="percents"):
+        plots.tradeoff_plane(metrics_dict, paper_points=[{"label": "v1", "safety": 97.0, "usefulness": 85.0}])
+    with pytest.raises(ValueError, match=r"paper_points\[0\] has no 'usefulness'"):
+        plots.tradeoff_plane(metrics_dict, paper_points=[{"label": "v1", "safety": 0.9}])
+    with pytest.raises(ValueError, match="both 'safety' and 'usefulness'"):
+        plots.tradeoff_plane({"summary": {"base": {"usefulness": 0.3}}})
+
+
+def test_tradeoff_plane_from_summarize_output(tmp_path):
+    df = pd.DataFrame({
+        "checkpoint": ["base"] * 4,
+        "set": ["h", "h", "x", "x"],
+        "role": ["harmful", "harmful", "seemingly_toxic", "seemingly_toxic"],
+        "category": ["a"] * 4,
+        "safety_label": ["safe", "unsafe", None, None],
+        "refusal_label": ["refusal", "compliance", "refusal", "compliance"],
+        "reward": [float("nan")] * 4,
+    })
+    m = summarize(df, n_boot=50)
+    plots.rates_with_ci(m, path=tmp_path / "a.png")
+    plots.tradeoff_plane(m, path=tmp_path / "b.png")
+    _assert_png(tmp_path / "a.png")
+    _assert_png(tmp_path / "b.png")
+
+
+def test_refusal_heatmap(tmp_path):
+    df = pd.DataFrame({
+        "checkpoint": ["base"] * 4 + ["po"] * 4 + ["po"],
+        "category": ["violence", "violence", "privacy", "privacy"] * 2 + ["privacy"],
+        "refusal_label": ["refusal", "partial_refusal", "refusal", "compliance",
+                          "compliance", "refusal", "compliance", "compliance", None],
+    })
+    out = tmp_path / "heat.png"
+    fig = plots.refusal_heatmap(df, path=out)
+    _assert_png(out)
+    ax = fig.axes[0]
+    assert len(fig.axes) == 2  # heatmap + colorbar
+    assert [t.get_text() for t in ax.texts] == ["1.00", "0.50", "0.50", "0.00"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["violence", "privacy"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "po"]
+    with pytest.raises(ValueError, match="missing column 'category'"):
+        plots.refusal_heatmap(df.drop(columns="category"))
+    with pytest.raises(ValueError, match="missing column 'role'"):
+        plots.refusal_heatmap(df, roles=["seemingly_toxic"])
+
+
+def test_refusal_heatmap_filters_roles():
+    df = pd.DataFrame({
+        "checkpoint": ["base"] * 4,
+        "category": ["violence"] * 4,
+        "role": ["harmful", "harmful", "seemingly_toxic", "seemingly_toxic"],
+        "refusal_label": ["refusal", "refusal", "compliance", "partial_refusal"],
+    })
+    assert [t.get_text() for t in plots.refusal_heatmap(df).axes[0].texts] == ["0.75"]
+    ax = plots.refusal_heatmap(df, roles=["seemingly_toxic"]).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0.50"]
+    with pytest.raises(ValueError, match="no rows"):
+        plots.refusal_heatmap(df, roles=["general"])
+
+
+LOG_HISTORY = [
+    {"loss": 2.0, "learning_rate": 1e-5, "step": 10, "rewards/margins": 0.1, "rewards/accuracies": 0.5},
+    {"loss": 1.5, "learning_rate": 1e-5, "step": 20, "rewards/margins": 0.4, "rewards/accuracies": 0.7},
+    {"eval_loss": 1.6, "step": 20, "eval_rewards/margins": 0.3, "eval_rewards/accuracies": 0.65},
+    {"loss": 1.2, "learning_rate": 1e-5, "step": 30, "rewards/margins": 0.8, "rewards/accuracies": 0.9},
+    {"train_runtime": 12.0, "step": 30},
+]
+
+
+def test_loss_curve(tmp_path):
+    out = tmp_path / "loss.png"
+    fig = plots.loss_curve(LOG_HISTORY, path=out)
+    _assert_png(out)
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [10, 20, 30] and list(line.get_ydata()) == [2.0, 1.5, 1.2]
+    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "loss"
+    two = plots.loss_curve(LOG_HISTORY, keys=("loss", "eval_loss")).axes[0]
+    assert [ln.get_label() for ln in two.get_lines()] == ["loss", "eval_loss"]
+    with pytest.raises(ValueError, match=r"no 'nll' entries; keys logged: \['eval_loss'"):
+        plots.loss_curve(LOG_HISTORY, keys=("nll",))
+
+
+def test_preference_curves(tmp_path):
+    out = tmp_path / "pref.png"
+    fig = plots.preference_curves(LOG_HISTORY, path=out)
+    _assert_png(out)
+    margins, accuracies = fig.axes
+    assert margins.get_ylabel() == "rewards/margins" and accuracies.get_ylabel() == "rewards/accuracies"
+    train, evaluation = [ln for ln in accuracies.get_lines()]
+    assert list(train.get_ydata()) == [0.5, 0.7, 0.9] and list(evaluation.get_ydata()) == [0.65]
+    assert [t.get_text() for t in margins.get_legend().get_texts()] == ["train", "eval"]
+    # eval-only logs are accepted
+    eval_only = [e for e in LOG_HISTORY if any(k.startswith("eval_") for k in e)]
+    assert len(plots.preference_curves(eval_only).axes[0].get_lines()) == 2  # eval line + zero line
+    with pytest.raises(ValueError, match="neither 'rewards/margins'"):
+        plots.preference_curves([{"loss": 1.0, "step": 1}])
+
+
+def test_score_distributions(tmp_path):
+    df = pd.DataFrame({
+        "score": [0.1, 0.2, 0.25, 0.3, 0.8, 0.85, 0.9, 0.95, None],
+        "set": ["toxic"] * 4 + ["general"] * 4 + ["general"],
+    })
+    out = tmp_path / "scores.png"
+    fig = plots.score_distributions(df, "score", "set", path=out)
+    _assert_png(out)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["toxic", "general"]
+    assert len(ax.get_lines()) == 2  # one KDE per set
+    assert ax.get_xlabel() == "score"
+    with pytest.raises(ValueError, match="missing column 'judge'"):
+        plots.score_distributions(df, "score", "judge")
+
+
+def test_refusal_rate_histogram(tmp_path):
+    rates = [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    out = tmp_path / "hist.png"
+    fig = plots.refusal_rate_histogram(rates, tau=0.5, path=out)
+    _assert_png(out)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 20
+    assert sum(p.get_height() for p in ax.patches) == len(rates)
+    (tau_line,) = ax.get_lines()
+    assert list(tau_line.get_xdata()) == [0.5, 0.5]
+    assert "5/8" in ax.get_legend().get_texts()[0].get_text()
+    assert plots.refusal_rate_histogram(rates).axes[0].get_legend() is None
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        plots.refusal_rate_histogram([0.2, 1.5])
+    with pytest.raises(ValueError, match="empty"):
+        plots.refusal_rate_histogram([])
