@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -79,7 +79,9 @@ class BackendParams(Strict):
 class OvergenerateParams(Strict):
     """Stage 01: the teacher writes `sampling.n` completions per prompt of each set."""
 
-    sets: dict[str, str] = Field(default_factory=dict)  # prompt set name -> teacher name
+    # prompt set name -> teacher name, or several: e.g. [reference, smol] gives harmful prompts both safe
+    # references and the model's own (often unsafe) answers, which DeRTa trains against
+    sets: dict[str, str | list[str]] = Field(default_factory=dict)
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=4, temperature=0.8, top_p=0.95))
 
 
@@ -98,6 +100,9 @@ class JudgesParams(Strict):
 class SelectParams(Strict):
     """Stage 02: rejection sampling (best-of-N by judges)."""
 
+    # sets whose selected completions become SFT data; others (seemingly-toxic) are overgenerated only
+    # to give stage 04 its teacher answers, as in POROver, where they enter through preference pairs
+    sets: list[str] = Field(default_factory=list)
     strategy: Literal["best_of_n", "random", "first"] = "best_of_n"
     min_reward: float | None = None  # optional floor on the reward of a kept general completion
 
@@ -114,6 +119,9 @@ class DertaParams(Strict):
 
     no_prefix_share: float = Field(default=0.5, ge=0.0, le=1.0)  # harmful examples kept without a prefix
     rto_share: float = Field(default=1.0, ge=0.0)  # RTO examples per harmful example with a harmful response
+    # RTO trains "refuse next" at every harmful position; the target is the first token of this text
+    # (the paper uses "Sorry"). None: the first token of each row's own safe response.
+    refusal_text: str | None = "Sorry"
 
 
 class SFTParams(Strict):
@@ -130,6 +138,7 @@ class SFTParams(Strict):
     max_length: int = Field(default=512, ge=16)
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     gradient_checkpointing: bool = False
+    save_steps: int = Field(default=50, ge=1)  # Trainer checkpoint interval: an interrupted run resumes from it
 
 
 class PreferenceParams(Strict):
@@ -143,9 +152,30 @@ class PreferenceParams(Strict):
 
 
 class POVariantParams(Strict):
-    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"])
-    loss_weights: list[float] | None = None
+    """One DPO-family objective; loss types are TRL DPOTrainer's (nca_pair is Safe-NCA's)."""
+
+    # TRL 1.16 DPOConfig.loss_type values, checked here so a typo fails at load time, not mid-run
+    LOSS_TYPES: ClassVar[tuple[str, ...]] = (
+        "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+        "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1)
+    loss_weights: list[float] | None = None  # one weight per loss type (weighted sum); None: all 1.0
     beta: float = Field(default=0.1, gt=0)
+    # robust DPO's label-flip probability (paper: 0.1; with 0 'robust' equals 'sigmoid'); EXO's epsilon
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _losses_known(self) -> POVariantParams:
+        unknown = [t for t in self.loss_type if t not in self.LOSS_TYPES]
+        if unknown:
+            raise ValueError(f"unknown loss_type {unknown}; allowed: {list(self.LOSS_TYPES)}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for "
+                             f"{len(self.loss_type)} loss types {self.loss_type}")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0.0:
+            raise ValueError("loss_type 'exo_pair' needs label_smoothing > 0 (the EXO paper uses 1e-3)")
+        return self
 
 
 class POParams(Strict):
@@ -159,6 +189,7 @@ class POParams(Strict):
     grad_accum: int = Field(default=1, ge=1)
     max_length: int = Field(default=512, ge=16)
     gradient_checkpointing: bool = False
+    save_steps: int = Field(default=50, ge=1)  # Trainer checkpoint interval: an interrupted run resumes from it
 
 
 class EvaluateParams(Strict):
@@ -203,10 +234,13 @@ class Params(Strict):
             if name is not None and name not in pool:
                 raise ValueError(f"{where}: unknown {kind} {name!r}; defined: {sorted(pool)}")
 
-        for set_name, teacher in self.overgenerate.sets.items():
+        for set_name in self.overgenerate.sets:
             need("prompt set", set_name, "overgenerate.sets", self.prompts)
-            if teacher != "reference":
-                need("teacher", teacher, f"overgenerate.sets.{set_name}", self.teachers)
+            for teacher in self.overgen_teachers(set_name):
+                if teacher != "reference":
+                    need("teacher", teacher, f"overgenerate.sets.{set_name}", self.teachers)
+        for set_name in self.select.sets:
+            need("prompt set", set_name, "select.sets", self.overgenerate.sets)
         for set_name in self.preference.sets:
             need("prompt set", set_name, "preference.sets", self.prompts)
         if self.preference.teacher not in (None, "reference"):
@@ -216,6 +250,10 @@ class Params(Strict):
         for judge in (self.judges.refusal, self.judges.safety, self.judges.reward):
             need("teacher", judge.backend, f"judges.{judge.name}.backend", self.teachers)
         return self
+
+    def overgen_teachers(self, set_name: str) -> list[str]:
+        teachers = self.overgenerate.sets[set_name]
+        return [teachers] if isinstance(teachers, str) else list(teachers)
 
     def teacher(self, name: str) -> BackendParams:
         """The backend named `name`; `reference` is built in (team-written safe responses)."""
@@ -286,3 +324,26 @@ def load_params(path: str | Path) -> Params:
 def dump_resolved(params: Params) -> str:
     """The fully resolved profile as YAML (what `params/active.yaml` holds, for DVC to track)."""
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def write_active(profile: str | Path, target: str | Path = "params/active.yaml") -> Params:
+    """Resolve a profile into the one file the notebooks read and DVC tracks."""
+    params = load_params(profile)
+    header = f"# Resolved from {profile} by `make profile`; edit {profile}, not this file.\n"
+    Path(target).write_text(header + dump_resolved(params))
+    return params
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Validate a params profile and write the resolved copy.")
+    parser.add_argument("profile", help="e.g. params/default.yaml")
+    parser.add_argument("--write", default="params/active.yaml", help="where the resolved profile goes")
+    args = parser.parse_args()
+    try:
+        resolved = write_active(args.profile, args.write)
+    except ParamsError as err:
+        sys.exit(str(err))
+    print(f"{args.profile} -> {args.write} (profile '{resolved.profile}')")

@@ -1,0 +1,123 @@
+"""Stage 04, POROver's preference data: teach an over-refusing student to answer benign prompts.
+
+The SFT student samples M completions per prompt; its refusal rate per prompt decides the pairs:
+- over-refusal pairs: seemingly-toxic (benign) prompts refused at a rate >= tau (the containment
+  threshold) and at least once; chosen = a teacher completion judged compliant and safe,
+  rejected = one of the student's refusals;
+- safety-preserving pairs: harmful prompts the student complied with unsafely; chosen = a safe teacher
+  completion (a refusal or safe help), rejected = the unsafe compliance. A share of these
+  (`safety_pair_share`) is kept, so optimisation toward helpfulness does not erode safety.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from .selection import group_by_prompt
+
+TAU_GRID = [round(0.1 * i, 1) for i in range(11)]
+
+
+class PreferenceDataError(ValueError):
+    pass
+
+
+def refusal_rates(student_rows: list[dict]) -> dict[str, float]:
+    """Share of a prompt's student samples judged a refusal (full or partial)."""
+    return {pid: sum(r["refusal_label"] != "compliance" for r in rows) / len(rows)
+            for pid, rows in group_by_prompt(student_rows).items()}
+
+
+def _check(student_rows: list[dict], tau: float) -> None:
+    if not 0.0 <= tau <= 1.0:
+        raise PreferenceDataError(f"preference.tau = {tau!r} is outside [0, 1]")
+    if not any(r["role"] == "seemingly_toxic" for r in student_rows):
+        roles = sorted({r["role"] for r in student_rows}) or ["none"]
+        raise PreferenceDataError(
+            "preference.sets holds no seemingly-toxic (benign) prompts, so there is no over-refusal to "
+            f"learn from; the student's samples have roles {roles}. Add a prompt set whose role is seemingly_toxic.")
+
+
+def _message(role: str, text: str) -> list[dict]:
+    return [{"role": role, "content": text}]
+
+
+def _best(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: (r.get("reward") or 0.0, -r["sample_index"]))
+
+
+def _pair(kind: str, prompt_row: dict, chosen: dict, rejected: dict, rate: float, tau: float, seed: int) -> dict:
+    return {
+        "id": f"pair-{kind}-{prompt_row['prompt_id']}",
+        "prompt": _message("user", prompt_row["prompt"]),
+        "chosen": _message("assistant", chosen["completion"]),
+        "rejected": _message("assistant", rejected["completion"]),
+        "kind": kind,
+        "prompt_id": prompt_row["prompt_id"],
+        "category": prompt_row["category"],
+        "role": prompt_row["role"],
+        "student_refusal_rate": rate,
+        "chosen_from": {k: chosen.get(k) for k in ("backend", "model", "sample_index")},
+        "rejected_sample_index": rejected["sample_index"],
+        "tau": tau,
+        "seed": seed,
+    }
+
+
+def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
+                safety_pair_share: float = 1.0, seed: int = 0) -> tuple[list[dict], dict]:
+    """(pairs in TRL's conversational format, report). Both inputs are judged rows."""
+    _check(student_rows, tau)
+    rng = random.Random(seed)
+    rates = refusal_rates(student_rows)
+    teacher = group_by_prompt(teacher_rows)
+    pairs, dropped = [], Counter()
+    eligible_safety = []
+    for pid, samples in sorted(group_by_prompt(student_rows).items()):
+        first = samples[0]
+        refusals = sorted((r for r in samples if r["refusal_label"] != "compliance"), key=lambda r: r["sample_index"])
+        if first["role"] == "seemingly_toxic":
+            if rates[pid] < tau or not refusals:
+                continue
+            chosen = [r for r in teacher.get(pid, []) if r["refusal_label"] == "compliance"
+                      and r["safety_label"] == "safe"]
+            if not chosen:
+                dropped["over_refusal: no compliant safe teacher completion"] += 1
+                continue
+            pairs.append(_pair("over_refusal", first, _best(chosen), rng.choice(refusals), rates[pid], tau, seed))
+        elif first["role"] == "harmful":
+            unsafe = sorted((r for r in samples if r["safety_label"] == "unsafe"), key=lambda r: r["sample_index"])
+            if unsafe:
+                eligible_safety.append((pid, first, unsafe))
+    keep = round(safety_pair_share * len(eligible_safety))
+    for pid, first, unsafe in rng.sample(eligible_safety, keep):
+        chosen = [r for r in teacher.get(pid, []) if r["safety_label"] == "safe"]
+        if not chosen:
+            dropped["safety: no safe teacher completion"] += 1
+            continue
+        pairs.append(_pair("safety", first, _best(chosen), rng.choice(unsafe), rates[pid], tau, seed))
+    pairs.sort(key=lambda p: p["id"])
+    return pairs, report(student_rows, pairs, dropped, tau)
+
+
+def report(student_rows: list[dict], pairs: list[dict], dropped: Counter, tau: float) -> dict:
+    """What the notebook shows: refusal-rate distribution, pairs per category, prompts kept per tau."""
+    rates = refusal_rates(student_rows)
+    roles = {pid: rows[0]["role"] for pid, rows in group_by_prompt(student_rows).items()}
+    benign = {pid: rate for pid, rate in rates.items() if roles[pid] == "seemingly_toxic"}
+    harmful = {pid: rate for pid, rate in rates.items() if roles[pid] == "harmful"}
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {
+        "tau": tau,
+        "pairs": len(pairs),
+        "pairs_by_kind": dict(Counter(p["kind"] for p in pairs)),
+        "pairs_by_category": dict(sorted(Counter(f"{p['kind']}/{p['category']}" for p in pairs).items())),
+        "dropped": dict(dropped),
+        "student_refusal_rate": {"seemingly_toxic": mean(list(benign.values())),
+                                 "harmful": mean(list(harmful.values()))},
+        "student_unsafe_rate_harmful": mean([r["safety_label"] == "unsafe" for r in student_rows
+                                             if r["role"] == "harmful"]),
+        "prompts_kept_by_tau": {str(t): sum(1 for rate in benign.values() if rate >= t and rate > 0)
+                                for t in TAU_GRID},
+        "benign_refusal_rates": sorted(benign.values()),
+    }

@@ -1,0 +1,96 @@
+"""Stage 02, rejection sampling: keep the best acceptable teacher completion per prompt.
+
+Acceptable means judged safe, and for benign prompts (general, seemingly-toxic) also not a refusal:
+a refusal of a benign prompt is exactly the over-refusal POROver sets out to remove, so it must not
+become SFT data. Among acceptable completions, `best_of_n` keeps the highest reward (the paper's
+rejection sampling), `random` a seeded random one (the paper's baseline), `first` the lowest sample index.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+
+STRATEGIES = ("best_of_n", "random", "first")
+
+
+def acceptable(row: dict) -> bool:
+    if row["safety_label"] != "safe":
+        return False
+    return row["role"] == "harmful" or row["refusal_label"] == "compliance"
+
+
+def _pick(candidates: list[dict], strategy: str, rng: random.Random) -> dict:
+    if strategy == "best_of_n":
+        # ties broken by sample index, so the choice never depends on file order
+        return max(candidates, key=lambda r: (r["reward"], -r["sample_index"]))
+    if strategy == "random":
+        return rng.choice(sorted(candidates, key=lambda r: r["sample_index"]))
+    return min(candidates, key=lambda r: r["sample_index"])
+
+
+def group_by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[row["prompt_id"]].append(row)
+    return dict(groups)
+
+
+def sft_example(chosen: dict, strategy: str, candidates: list[dict]) -> dict:
+    """One SFT row in chat-messages format, with provenance; harmful rows carry an unsafe completion
+    of the same prompt, if the teacher wrote one, for DeRTa's harmful-prefix objective."""
+    unsafe = [r for r in candidates if r["role"] == "harmful" and r["safety_label"] == "unsafe"]
+    return {
+        "id": f"sft-{chosen['prompt_id']}",
+        "messages": [{"role": "user", "content": chosen["prompt"]},
+                     {"role": "assistant", "content": chosen["completion"]}],
+        "role": chosen["role"],
+        "prompt_id": chosen["prompt_id"],
+        "category": chosen["category"],
+        "source": chosen.get("source"),
+        "sample_index": chosen["sample_index"],
+        "backend": chosen["backend"],
+        "model": chosen["model"],
+        "reward": chosen["reward"],
+        "safety_label": chosen["safety_label"],
+        "safety_judge": chosen.get("safety_judge"),
+        "refusal_label": chosen["refusal_label"],
+        "strategy": strategy,
+        "candidates": len(candidates),
+        "harmful_response": max(unsafe, key=lambda r: len(r["completion"]))["completion"] if unsafe else None,
+    }
+
+
+def select(rows: list[dict], strategy: str = "best_of_n", seed: int = 0,
+           min_reward: float | None = None) -> tuple[list[dict], list[dict], dict]:
+    """Rejection sampling over judged rows: (SFT rows, dropped prompts, report)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"select.strategy {strategy!r} is not one of {STRATEGIES}")
+    rng = random.Random(seed)
+    kept, dropped = [], []
+    for prompt_id, candidates in sorted(group_by_prompt(rows).items()):
+        ok = [r for r in candidates if acceptable(r) and (min_reward is None or r["reward"] >= min_reward)]
+        if ok:
+            kept.append(sft_example(_pick(ok, strategy, rng), strategy, candidates))
+        else:
+            first = candidates[0]
+            dropped.append({"prompt_id": prompt_id, "role": first["role"], "prompt": first["prompt"],
+                            "candidates": len(candidates),
+                            "why": Counter("unsafe" if r["safety_label"] != "safe" else
+                                           "refusal" if r["refusal_label"] != "compliance" else
+                                           "low reward" for r in candidates).most_common(1)[0][0],
+                            "example": first["completion"]})
+    return kept, dropped, yield_report(rows, kept, dropped)
+
+
+def yield_report(rows: list[dict], kept: list[dict], dropped: list[dict]) -> dict:
+    """Prompts in, prompts kept, and why the rest were dropped, per role."""
+    prompts = Counter(r["role"] for r in group_by_prompt(rows).values() for r in r[:1])
+    kept_by_role = Counter(r["role"] for r in kept)
+    report = {}
+    for role, n in sorted(prompts.items()):
+        drops = Counter(d["why"] for d in dropped if d["role"] == role)
+        report[role] = {"prompts": n, "kept": kept_by_role[role], "yield": kept_by_role[role] / n,
+                        "dropped": dict(drops),
+                        "completions": sum(1 for r in rows if r["role"] == role),
+                        "acceptable_completions": sum(1 for r in rows if r["role"] == role and acceptable(r))}
+    return report

@@ -1,0 +1,88 @@
+"""POROver preference pairs on a synthetic judged set: exact counts for several tau, and invariants."""
+import pytest
+
+from porover_lib.preference import PreferenceDataError, build_pairs, refusal_rates
+
+
+def sample(pid, i, role, refused, unsafe=False):
+    return {"prompt_id": pid, "prompt": f"p {pid}", "role": role, "category": pid[0], "sample_index": i,
+            "completion": f"{pid}/{i}", "refusal_label": "refusal" if refused else "compliance",
+            "safety_label": "unsafe" if unsafe else "safe", "reward": float(i)}
+
+
+def student_set():
+    """Benign prompts b0..b4 refused 0/4, 1/4, 2/4, 3/4, 4/4 times; harmful h0 fully safe,
+    h1 and h2 answered unsafely once and twice."""
+    rows = [sample(f"b{k}", i, "seemingly_toxic", refused=i < k) for k in range(5) for i in range(4)]
+    rows += [sample("h0", i, "harmful", refused=True) for i in range(4)]
+    rows += [sample("h1", i, "harmful", refused=i > 0, unsafe=i == 0) for i in range(4)]
+    rows += [sample("h2", i, "harmful", refused=i > 1, unsafe=i <= 1) for i in range(4)]
+    return rows
+
+
+def teacher_set(missing=("b3",)):
+    rows = []
+    for k in range(5):
+        if f"b{k}" in missing:
+            continue
+        rows.append({**sample(f"b{k}", 0, "seemingly_toxic", refused=False), "completion": f"help b{k}"})
+        rows.append({**sample(f"b{k}", 1, "seemingly_toxic", refused=True), "completion": f"no b{k}", "reward": 9.0})
+    for h in ("h0", "h1", "h2"):
+        rows.append({**sample(h, 0, "harmful", refused=True), "completion": f"refuse {h}"})
+    return rows
+
+
+@pytest.mark.parametrize("tau, over_refusal", [(0.0, 3), (0.25, 3), (0.5, 2), (0.75, 1), (1.0, 1)])
+def test_exact_pair_counts_per_tau(tau, over_refusal):
+    # b1..b4 have refusals; b3 has no teacher answer and is dropped; b0 was never refused
+    eligible = {0.0: ["b1", "b2", "b4"], 0.25: ["b1", "b2", "b4"], 0.5: ["b2", "b4"], 0.75: ["b4"], 1.0: ["b4"]}[tau]
+    pairs, report = build_pairs(student_set(), teacher_set(), tau, safety_pair_share=1.0, seed=0)
+    over = [p for p in pairs if p["kind"] == "over_refusal"]
+    assert sorted(p["prompt_id"] for p in over) == eligible and len(over) == over_refusal
+    assert report["pairs_by_kind"].get("safety") == 2
+    dropped = report["dropped"].get("over_refusal: no compliant safe teacher completion", 0)
+    assert dropped == (1 if tau <= 0.75 else 0)
+
+
+def test_chosen_is_never_a_refusal_or_unsafe_and_rejected_is_a_refusal():
+    student, teacher = student_set(), teacher_set()
+    pairs, _ = build_pairs(student, teacher, 0.0)
+    by_text = {r["completion"]: r for r in student + teacher}
+    for p in pairs:
+        chosen, rejected = by_text[p["chosen"][0]["content"]], by_text[p["rejected"][0]["content"]]
+        assert chosen["safety_label"] == "safe"
+        if p["kind"] == "over_refusal":
+            assert chosen["refusal_label"] == "compliance" and rejected["refusal_label"] == "refusal"
+        else:
+            assert rejected["safety_label"] == "unsafe"
+    assert len({p["id"] for p in pairs}) == len(pairs)
+
+
+def test_pairs_are_trl_conversational_and_seeded():
+    a, _ = build_pairs(student_set(), teacher_set(), 0.5, seed=7)
+    b, _ = build_pairs(student_set(), teacher_set(), 0.5, seed=7)
+    assert a == b
+    p = a[0]
+    assert p["prompt"][0]["role"] == "user" and p["chosen"][0]["role"] == p["rejected"][0]["role"] == "assistant"
+
+
+def test_safety_pair_share():
+    pairs, _ = build_pairs(student_set(), teacher_set(), 0.5, safety_pair_share=0.5)
+    assert sum(p["kind"] == "safety" for p in pairs) == 1
+    pairs, _ = build_pairs(student_set(), teacher_set(), 0.5, safety_pair_share=0.0)
+    assert sum(p["kind"] == "safety" for p in pairs) == 0
+
+
+def test_report_counts_prompts_per_tau_and_rates():
+    _, report = build_pairs(student_set(), teacher_set(), 0.5)
+    assert report["prompts_kept_by_tau"]["0.0"] == 4 and report["prompts_kept_by_tau"]["1.0"] == 1
+    assert report["student_refusal_rate"]["seemingly_toxic"] == pytest.approx(0.5)
+    assert refusal_rates(student_set())["h2"] == 0.5
+
+
+def test_bad_input_is_clear():
+    with pytest.raises(PreferenceDataError, match=r"preference.tau = 1.5 is outside \[0, 1\]"):
+        build_pairs(student_set(), teacher_set(), 1.5)
+    harmful_only = [r for r in student_set() if r["role"] == "harmful"]
+    with pytest.raises(PreferenceDataError, match="no seemingly-toxic .benign. prompts"):
+        build_pairs(harmful_only, teacher_set(), 0.5)
