@@ -23,7 +23,7 @@ setup: $(VENV)/.installed
 
 # Resolve the chosen profile into params/active.yaml (what the notebooks read and DVC tracks).
 profile: setup
-	$(PY) -m porover_lib.cli params --profile params/$(PROFILE).yaml --write params/active.yaml
+	$(PY) -m porover_lib.config params/$(PROFILE).yaml --write params/active.yaml
 
 reproduce: profile
 	$(VENV)/bin/dvc repro
