@@ -255,6 +255,9 @@ def score_distributions(
     data = df.dropna(subset=[score_column])
     if data.empty:
         raise ValueError(f"column {score_column!r} has no scores to plot")
+    # a KDE needs spread: a group whose scores are all equal (e.g. every completion hit max_new_tokens)
+    # has a singular covariance, so draw the KDE only when every group varies
+    kde = kde and bool((data.groupby(hue_column)[score_column].nunique() > 1).all())
     fig, ax = _figure((6, 3.5))
     sns.histplot(data=data, x=score_column, hue=hue_column, kde=kde, stat="density",
                  common_norm=False, element="step", ax=ax)

@@ -222,3 +222,11 @@ def test_refusal_rate_histogram(tmp_path):
         plots.refusal_rate_histogram([0.2, 1.5])
     with pytest.raises(ValueError, match="empty"):
         plots.refusal_rate_histogram([])
+
+
+def test_score_distributions_survive_a_constant_group(tmp_path):
+    from porover_lib.plots import score_distributions
+
+    df = pd.DataFrame({"score": [24, 24, 24, 10, 15, 30], "set": ["a"] * 3 + ["b"] * 3})
+    fig = score_distributions(df, "score", "set", path=tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 0 and fig.axes
