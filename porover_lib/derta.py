@@ -1,0 +1,121 @@
+"""DeRTa training examples (Yuan et al. 2024, "Refuse Whenever You Feel Unsafe"), as token ids + labels.
+
+DeRTa changes only *what* is trained on, so it enters TRL's `SFTTrainer` as a pre-tokenised dataset
+(`input_ids`, `labels`; -100 = no loss) padded by TRL's own collator. Two kinds of harmful example:
+
+* **MLE with a harmful response prefix** -- the assistant turn is `<first k words of a harmful
+  response> <safe response>`, k uniform in 0..len(words)-1 (0 for a `no_prefix_share` of rows). The
+  prefix is input only: labels start at the first token of the safe response.
+* **Reinforced Transition Optimisation (RTO)** -- the assistant turn is the full harmful response and
+  every label over it is the first token of the refusal text. Labels are set on every token of the
+  harmful response *and* on the token right after it (the end-of-turn token). A causal LM predicts the
+  label at position t from position t-1, so the model learns "refuse next" from the last prompt
+  token (before any harm) and from every harmful token, the last one included -- as in the paper's code,
+  which relabels the whole response span, EOS included.
+
+Every other row is an ordinary example: loss on the assistant turn and its end-of-turn tokens, the
+same labels TRL builds for a prompt/completion row. Sequences are rendered with the student's own chat
+template and tokenised once; spans are located with the tokenizer's character offsets, so the token
+sequence is exactly what the template produces.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from .config import SFTParams
+
+IGNORE_INDEX = -100
+
+
+def split_row(row: dict) -> tuple[list[dict], str]:
+    """(prompt messages, assistant answer) of an SFT row whose last message is the assistant's."""
+    messages = row.get("messages")
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError(f"SFT row {row.get('id')!r}: 'messages' must end with an assistant message, "
+                         f"got roles {[m.get('role') for m in messages or []]}")
+    return [dict(m) for m in messages[:-1]], messages[-1]["content"]
+
+
+def refusal_token_id(tokenizer, refusal_text: str) -> int:
+    """The first token of `refusal_text` as it starts an assistant turn: RTO's target at every position."""
+    ids = tokenizer.encode(refusal_text, add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"refusal text {refusal_text!r} encodes to no tokens")
+    return ids[0]
+
+
+def harmful_prefix(harmful: str, rng: random.Random, no_prefix_share: float) -> tuple[str, int]:
+    """A prefix of whole words of `harmful` (original spacing kept) and its word count.
+
+    The count is uniform in 0..len(words)-1, so the prefix never holds the whole response;
+    a `no_prefix_share` of calls return no prefix at all.
+    """
+    words = list(re.finditer(r"\S+", harmful))
+    if rng.random() < no_prefix_share or len(words) < 2:
+        return "", 0
+    k = rng.randint(0, len(words) - 1)
+    return (harmful[: words[k - 1].end()] if k else ""), k
+
+
+def _render(tokenizer, prompt: list[dict], content: str) -> tuple[list[int], list[tuple[int, int]], int]:
+    """Token ids and character offsets of prompt + assistant `content`, and where `content` starts."""
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": content}], tokenize=False)
+    start = full_text.find(content, len(prompt_text)) if full_text.startswith(prompt_text) else -1
+    if start < 0:
+        raise ValueError("the chat template does not render the assistant text verbatim after the generation "
+                         "prompt, so the loss span cannot be located; DeRTa needs a template that does")
+    enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]], start
+
+
+def mle_example(tokenizer, prompt: list[dict], answer: str, prefix: str = "") -> dict:
+    """Loss on `answer` and the end-of-turn tokens; `prefix` (if any) sits before it, unlabelled."""
+    content = f"{prefix} {answer}" if prefix else answer
+    ids, offsets, start = _render(tokenizer, prompt, content)
+    loss_from = start + (len(prefix) + 1 if prefix else 0)  # first character of the answer
+    # a token belongs to the answer if it ends inside it (" I" = joining space + first answer char)
+    labels = [tok if end > loss_from else IGNORE_INDEX for tok, (_, end) in zip(ids, offsets)]
+    return {"input_ids": ids, "labels": labels}
+
+
+def rto_example(tokenizer, prompt: list[dict], harmful: str, refusal_id: int) -> dict:
+    """Labels = `refusal_id` on every harmful-response token and on the token after it (see module doc)."""
+    ids, offsets, start = _render(tokenizer, prompt, harmful)
+    end = start + len(harmful)
+    span = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
+    if not span or span[-1] + 1 >= len(ids):
+        raise ValueError("RTO needs a non-empty harmful response followed by an end-of-turn token")
+    labels = [IGNORE_INDEX] * len(ids)
+    for i in span + [span[-1] + 1]:
+        labels[i] = refusal_id
+    return {"input_ids": ids, "labels": labels}
+
+
+def build_derta_examples(rows: list[dict], tokenizer, params: SFTParams, seed: int) -> list[dict]:
+    """Tokenised DeRTa training examples: one per row, plus RTO examples for harmful rows.
+
+    A harmful row with a `harmful_response` gives one prefix-MLE example (safe response after a
+    random harmful prefix) and `rto_share` RTO examples on average (the fractional part is drawn).
+    Other rows train normally. Each example: input_ids, labels, kind ("sft"|"prefix"|"rto"),
+    source_id, prefix_words. Deterministic for a given seed.
+    """
+    derta = params.derta
+    rng = random.Random(seed)
+    whole, frac = divmod(derta.rto_share, 1.0)
+    fixed_refusal = None if derta.refusal_text is None else refusal_token_id(tokenizer, derta.refusal_text)
+    out = []
+    for row in rows:
+        prompt, answer = split_row(row)
+        harmful = row.get("harmful_response") if row.get("role") == "harmful" else None
+        meta = {"source_id": row.get("id")}
+        if not harmful:
+            out.append({**mle_example(tokenizer, prompt, answer), "kind": "sft", "prefix_words": 0, **meta})
+            continue
+        prefix, k = harmful_prefix(harmful, rng, derta.no_prefix_share)
+        out.append({**mle_example(tokenizer, prompt, answer, prefix), "kind": "prefix", "prefix_words": k, **meta})
+        refusal = fixed_refusal if fixed_refusal is not None else refusal_token_id(tokenizer, answer)
+        for _ in range(int(whole) + (rng.random() < frac)):
+            out.append({**rto_example(tokenizer, prompt, harmful, refusal), "kind": "rto", "prefix_words": 0, **meta})
+    return out

@@ -1,0 +1,128 @@
+"""DeRTa example building on the REAL SmolLM2 tokenizer: exact label positions, prefixes, RTO targets."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conftest.py sets it too; kept for running this file alone
+
+import pytest
+
+from porover_lib.config import DertaParams, SFTParams
+from porover_lib.derta import IGNORE_INDEX, build_derta_examples, mle_example, refusal_token_id
+
+SAFE = "I can't help with breaking into someone's home."
+HARMFUL = ("Step 1: buy a tension wrench and a pick.\nStep 2: insert the wrench, then rake the pins "
+           "until each one sets. Step 3: turn the plug and open the door.")
+PROMPT = [{"role": "user", "content": "How do I pick the lock on my neighbour's door?"}]
+
+
+def harmful_row(i=0, harmful=HARMFUL):
+    return {"id": f"h{i}", "role": "harmful", "prompt_id": f"p{i}", "harmful_response": harmful,
+            "messages": PROMPT + [{"role": "assistant", "content": SAFE}]}
+
+
+GENERAL = {"id": "g0", "role": "general", "prompt_id": "q0",
+           "messages": [{"role": "user", "content": "Name a prime number."},
+                        {"role": "assistant", "content": "Seven is prime."}]}
+
+
+def params(**derta):
+    return SFTParams(objective="derta", derta=DertaParams(**derta))
+
+
+@pytest.fixture(scope="session")
+def prompt_ids(tokenizer):
+    return tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+
+
+def first_label(example):
+    return next(i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX)
+
+
+def test_prefix_example_labels_start_exactly_at_the_safe_response(tokenizer, prompt_ids):
+    rows = [harmful_row(i) for i in range(12)]
+    examples = [e for e in build_derta_examples(rows, tokenizer, params(no_prefix_share=0.0, rto_share=0), seed=3)
+                if e["kind"] == "prefix"]
+    words = HARMFUL.split()
+    assert len(examples) == 12
+    assert any(e["prefix_words"] > 0 for e in examples)
+    for e in examples:
+        k, j = e["prefix_words"], first_label(e)
+        assert 0 <= k <= len(words) - 1  # never the whole harmful response
+        ids, labels = e["input_ids"], e["labels"]
+        before, after = tokenizer.decode(ids[:j]), tokenizer.decode(ids[j:])
+        if k:
+            assert before.endswith(words[k - 1]) and before[len(prompt_ids):].split() == words[:k]
+            assert after == f" {SAFE}<|im_end|>\n"
+        else:
+            assert before == prompt_ids and after == f"{SAFE}<|im_end|>\n"
+        assert all(label == IGNORE_INDEX for label in labels[:j])  # prompt and harmful prefix: no loss
+        assert labels[j:] == ids[j:]  # safe response + end of turn: plain next-token targets
+
+
+def test_no_prefix_share_one_gives_no_prefix(tokenizer):
+    rows = [harmful_row(i) for i in range(10)]
+    plain = mle_example(tokenizer, PROMPT, SAFE)
+    for e in build_derta_examples(rows, tokenizer, params(no_prefix_share=1.0, rto_share=0), seed=0):
+        assert e["kind"] == "prefix" and e["prefix_words"] == 0
+        assert e["input_ids"] == plain["input_ids"] and e["labels"] == plain["labels"]
+
+
+def test_rto_labels_are_the_refusal_token_over_the_whole_harmful_response(tokenizer, prompt_ids):
+    (rto,) = [e for e in build_derta_examples([harmful_row()], tokenizer, params(), seed=0) if e["kind"] == "rto"]
+    ids, labels = rto["input_ids"], rto["labels"]
+    sorry = tokenizer.encode("Sorry", add_special_tokens=False)[0]
+    assert refusal_token_id(tokenizer, "Sorry") == sorry and tokenizer.decode([sorry]) == "Sorry"
+    start = len(tokenizer(prompt_ids, add_special_tokens=False)["input_ids"])  # first harmful token
+    end_of_turn = ids.index(tokenizer.convert_tokens_to_ids("<|im_end|>"), start)
+    assert tokenizer.decode(ids[:start]) == prompt_ids
+    assert tokenizer.decode(ids[start:end_of_turn]) == HARMFUL
+    # labels at start..end_of_turn (inclusive): after the shift, the last prompt token and every
+    # harmful token (the last one too) are trained to predict "Sorry" next
+    assert labels[start:end_of_turn + 1] == [sorry] * (end_of_turn + 1 - start)
+    assert set(labels[:start]) == {IGNORE_INDEX} and set(labels[end_of_turn + 1:]) == {IGNORE_INDEX}
+
+
+def test_rto_target_from_the_safe_response_when_no_refusal_text(tokenizer):
+    examples = build_derta_examples([harmful_row()], tokenizer, params(refusal_text=None, no_prefix_share=1.0), seed=0)
+    prefix, rto = examples
+    safe_first = prefix["input_ids"][first_label(prefix)]  # first token of the safe response, in context
+    assert tokenizer.decode([safe_first]) == "I"
+    assert {label for label in rto["labels"] if label != IGNORE_INDEX} == {safe_first}
+
+
+def test_mixing_ratio_and_rows_without_harmful_response(tokenizer):
+    rows = [harmful_row(i) for i in range(40)] + [GENERAL, {**harmful_row(99), "harmful_response": None}]
+    kinds = [e["kind"] for e in build_derta_examples(rows, tokenizer, params(rto_share=2.0), seed=0)]
+    assert kinds.count("prefix") == 40 and kinds.count("rto") == 80 and kinds.count("sft") == 2
+    half = [e["kind"] for e in build_derta_examples(rows, tokenizer, params(rto_share=0.5), seed=0)].count("rto")
+    assert 10 <= half <= 30  # each harmful row draws its fractional RTO example with p = 0.5
+
+
+def test_general_rows_get_the_same_labels_as_trl_completion_only_loss(tokenizer, tmp_path):
+    """The DeRTa path's ordinary examples equal what SFTTrainer builds from a prompt/completion row."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from porover_lib.models import tiny_model
+
+    model, _ = tiny_model(tokenizer)
+    pair = {"prompt": GENERAL["messages"][:1], "completion": GENERAL["messages"][1:]}
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", bf16=False, use_cpu=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([pair]), processing_class=tokenizer)
+    trl_row = trainer.train_dataset[0]
+    (ours,) = build_derta_examples([GENERAL], tokenizer, params(), seed=0)
+    assert ours["input_ids"] == trl_row["input_ids"] and ours["labels"] == trl_row["labels"]
+
+
+def test_seeded_determinism(tokenizer):
+    rows = [harmful_row(i) for i in range(20)]
+    a = build_derta_examples(rows, tokenizer, params(no_prefix_share=0.2), seed=7)
+    b = build_derta_examples(rows, tokenizer, params(no_prefix_share=0.2), seed=7)
+    c = build_derta_examples(rows, tokenizer, params(no_prefix_share=0.2), seed=8)
+    assert a == b
+    assert [e["prefix_words"] for e in a] != [e["prefix_words"] for e in c]
+
+
+def test_rows_must_end_with_the_assistant(tokenizer):
+    bad = {**GENERAL, "messages": GENERAL["messages"][:1]}
+    with pytest.raises(ValueError, match="must end with an assistant message"):
+        build_derta_examples([bad], tokenizer, params(), seed=0)
