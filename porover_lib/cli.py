@@ -1,7 +1,8 @@
-"""The `porover` command line. Subcommands live in `build_parser`; today: `porover judge`.
+"""The `porover` command line. Subcommands live in `build_parser`: `judge` and `train`.
 
     porover judge --kind refusal --judge keyword --input completions.csv \
         --prompt-column prompt --response-column completion --output judged.csv
+    accelerate launch --config_file params/accelerate/fsdp.yaml -m porover_lib.cli train sft
 
 Errors a user can fix (missing file, missing column, a judge without its server) exit with
 status 2 and a message naming the file, the column and what is available.
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="porover", description="POROver reproduction tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_judge_command(commands)
+    _add_train_command(commands)
     return parser
 
 
@@ -186,6 +188,44 @@ def write_table(table: pd.DataFrame, path: Path) -> None:
         table.to_csv(path, index=False)
     else:
         table.to_json(path, orient="records", lines=True, force_ascii=False)
+
+
+
+# ------------------------------------------------------------------------------------ train
+
+def _add_train_command(commands) -> None:
+    p = commands.add_parser(
+        "train", help="run stage 03 (sft) or 05 (po) outside the notebooks, e.g. under `accelerate launch`",
+        description="The same training as notebooks 03 and 05, as a script, so that `accelerate launch` "
+                    "with a DeepSpeed or FSDP config (params/accelerate/) can spread it over several GPUs.")
+    p.add_argument("stage", choices=("sft", "po"))
+    p.add_argument("--params", default="params/active.yaml", type=Path)
+    p.add_argument("--data", type=Path, help="default: data/sft/train.jsonl (sft) or data/preference/pairs.jsonl (po)")
+    p.add_argument("--sft-dir", default=Path("checkpoints/sft"), type=Path)
+    p.add_argument("--out", type=Path, help="default: checkpoints/sft or checkpoints/po")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from .config import ParamsError, load_params
+    from .io import read_jsonl
+    from . import training
+
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        raise CLIError(str(err)) from None
+    data = args.data or Path("data/sft/train.jsonl" if args.stage == "sft" else "data/preference/pairs.jsonl")
+    if not data.is_file():
+        raise CLIError(f"{data}: not found; run the stage before this one first")
+    rows = read_jsonl(data)
+    if args.stage == "sft":
+        training.train_sft(rows, params.student, params.sft, args.out or Path("checkpoints/sft"), seed=params.seed)
+        return 0
+    for name, variant in params.po.variants.items():
+        training.train_po(rows, params.student, args.sft_dir, name, variant, params.po,
+                          (args.out or Path("checkpoints/po")) / name, seed=params.seed)
+    return 0
 
 
 if __name__ == "__main__":

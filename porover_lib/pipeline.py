@@ -20,6 +20,7 @@ from .config import ModelParams, Params
 from .generation import make_backend, overgenerate
 from .io import read_jsonl, write_jsonl
 from .prompts import PromptRecord, load_sets
+from .training import versions  # noqa: F401  (provenance for metrics.json)
 
 log = logging.getLogger(__name__)
 JUDGE_COLUMNS = ("refusal_label", "refusal_score", "refusal_reason", "refusal_judge", "safety_label",
@@ -30,16 +31,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def versions() -> dict:
-    """Library versions for provenance records."""
-    import peft
-    import transformers
-    import trl
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "peft": peft.__version__}
 
 
 def write_json(path: str | Path, obj) -> Path:

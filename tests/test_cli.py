@@ -114,3 +114,15 @@ def test_subprocess_on_an_xstest_completions_file(shared_data, tmp_path):
     assert len(table) == 450 and (table["id"] == human["id"]).all()
     agreement = ((table["label"] != "compliance") == (human["final_label"] != "1_full_compliance")).mean()
     assert agreement > 0.9
+
+
+def test_train_names_the_missing_data_file(tmp_path, capsys):
+    from pathlib import Path
+
+    from porover_lib.cli import main
+
+    params = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
+    code = main(["train", "sft", "--params", str(params), "--data", str(tmp_path / "absent.jsonl")])
+    assert code == 2 and "absent.jsonl: not found" in capsys.readouterr().err
+    code = main(["train", "po", "--params", str(tmp_path / "nope.yaml")])
+    assert code == 2 and "nope.yaml: params file not found" in capsys.readouterr().err

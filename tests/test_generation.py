@@ -22,13 +22,7 @@ from porover_lib.prompts import PromptRecord
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall it at thread barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def record(i: int, prompt: str | None = None, references=(), role="general") -> PromptRecord:

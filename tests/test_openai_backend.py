@@ -16,13 +16,7 @@ KEY_ENV = "POROVER_TEST_API_KEY"
 SECRET = "sk-test-5ecret-never-print-me"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall it at thread barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,14 +37,7 @@ FP32_CPU = dict(dtype="float32", device="cpu")
 QUIET = lambda line: None  # noqa: E731
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny-model ops gain nothing from intra-op threads, and on a shared CPU the threads' spin-waits
-    made each step ~10x slower; restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(tokenizer):
