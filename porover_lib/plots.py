@@ -174,6 +174,8 @@ def refusal_heatmap(
         judged = judged[judged["role"].isin(roles)]
     if judged.empty:
         raise ValueError(f"no rows with a refusal_label to plot (roles={roles})")
+    if "role" in judged:  # "harmful · violence" and "seemingly_toxic · violence" are different rows
+        judged = judged.assign(category=judged["role"] + " · " + judged["category"].astype(str))
     table = (
         judged.assign(refused=refusal_flags(judged["refusal_label"]))
         .pivot_table(index="category", columns="checkpoint", values="refused", aggfunc="mean", sort=False)

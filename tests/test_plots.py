@@ -144,7 +144,10 @@ def test_refusal_heatmap_filters_roles():
         "role": ["harmful", "harmful", "seemingly_toxic", "seemingly_toxic"],
         "refusal_label": ["refusal", "refusal", "compliance", "partial_refusal"],
     })
-    assert [t.get_text() for t in plots.refusal_heatmap(df).axes[0].texts] == ["0.75"]
+    # the same category name under two roles stays two rows, never one average (0.75)
+    ax = plots.refusal_heatmap(df).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["1.00", "0.50"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["harmful · violence", "seemingly_toxic · violence"]
     ax = plots.refusal_heatmap(df, roles=["seemingly_toxic"]).axes[0]
     assert [t.get_text() for t in ax.texts] == ["0.50"]
     with pytest.raises(ValueError, match="no rows"):
