@@ -149,6 +149,9 @@ class PreferenceParams(Strict):
     tau: float = Field(default=0.5, ge=0.0, le=1.0)  # prompts refused at a rate >= tau become pairs
     teacher: str | None = None  # teacher for chosen answers not already overgenerated in stage 01
     safety_pair_share: float = Field(default=1.0, ge=0.0, le=1.0)  # share of unsafe compliances kept as pairs
+    # where a safety pair's rejected (unsafe) answer comes from: the student's samples only (POROver), or,
+    # for harmful prompts the student always refuses, an unsafe teacher completion from stage 01
+    safety_rejected: Literal["student", "student_or_teacher"] = "student"
 
 
 class POVariantParams(Strict):

@@ -7,6 +7,9 @@ The SFT student samples M completions per prompt; its refusal rate per prompt de
 - safety-preserving pairs: harmful prompts the student complied with unsafely; chosen = a safe teacher
   completion (a refusal or safe help), rejected = the unsafe compliance. A share of these
   (`safety_pair_share`) is kept, so optimisation toward helpfulness does not erode safety.
+  With `safety_rejected="student_or_teacher"`, harmful prompts the student already refuses still give
+  a safety pair when the teacher wrote an unsafe answer in stage 01 (e.g. the base model's own
+  compliance): a safety-trained student complies too rarely to anchor safety by its samples alone.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ def _pair(kind: str, prompt_row: dict, chosen: dict, rejected: dict, rate: float
         "role": prompt_row["role"],
         "student_refusal_rate": rate,
         "chosen_from": {k: chosen.get(k) for k in ("backend", "model", "sample_index")},
+        "rejected_from": "student" if rejected.get("teacher") in (None, "student") else rejected["teacher"],
         "rejected_sample_index": rejected["sample_index"],
         "tau": tau,
         "seed": seed,
@@ -65,9 +69,13 @@ def _pair(kind: str, prompt_row: dict, chosen: dict, rejected: dict, rate: float
 
 
 def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
-                safety_pair_share: float = 1.0, seed: int = 0) -> tuple[list[dict], dict]:
+                safety_pair_share: float = 1.0, seed: int = 0,
+                safety_rejected: str = "student") -> tuple[list[dict], dict]:
     """(pairs in TRL's conversational format, report). Both inputs are judged rows."""
     _check(student_rows, tau)
+    if safety_rejected not in ("student", "student_or_teacher"):
+        raise PreferenceDataError(f"preference.safety_rejected = {safety_rejected!r}; "
+                                  "allowed: 'student', 'student_or_teacher'")
     rng = random.Random(seed)
     rates = refusal_rates(student_rows)
     teacher = group_by_prompt(teacher_rows)
@@ -87,6 +95,9 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
             pairs.append(_pair("over_refusal", first, _best(chosen), rng.choice(refusals), rates[pid], tau, seed))
         elif first["role"] == "harmful":
             unsafe = sorted((r for r in samples if r["safety_label"] == "unsafe"), key=lambda r: r["sample_index"])
+            if not unsafe and safety_rejected == "student_or_teacher":
+                unsafe = sorted((r for r in teacher.get(pid, []) if r["safety_label"] == "unsafe"),
+                                key=lambda r: r["sample_index"])
             if unsafe:
                 eligible_safety.append((pid, first, unsafe))
     keep = round(safety_pair_share * len(eligible_safety))

@@ -86,3 +86,19 @@ def test_bad_input_is_clear():
     harmful_only = [r for r in student_set() if r["role"] == "harmful"]
     with pytest.raises(PreferenceDataError, match="no seemingly-toxic .benign. prompts"):
         build_pairs(harmful_only, teacher_set(), 0.5)
+
+
+def test_safety_pairs_can_take_an_unsafe_teacher_answer_when_the_student_always_refuses():
+    teacher = teacher_set() + [{**sample("h0", 5, "harmful", refused=False, unsafe=True),
+                                "completion": "unsafe teacher h0", "teacher": "smol"}]
+    strict, _ = build_pairs(student_set(), teacher, 0.5)
+    assert "h0" not in {p["prompt_id"] for p in strict if p["kind"] == "safety"}
+    pairs, report = build_pairs(student_set(), teacher, 0.5, safety_rejected="student_or_teacher")
+    h0 = [p for p in pairs if p["prompt_id"] == "h0"]
+    assert len(h0) == 1 and h0[0]["rejected"][0]["content"] == "unsafe teacher h0"
+    assert h0[0]["rejected_from"] == "smol" and h0[0]["chosen"][0]["content"] == "refuse h0"
+    assert report["pairs_by_kind"]["safety"] == 3
+    # the student's own unsafe answers still come first where it has them
+    assert {p["rejected_from"] for p in pairs if p["prompt_id"] in ("h1", "h2")} == {"student"}
+    with pytest.raises(PreferenceDataError, match="safety_rejected"):
+        build_pairs(student_set(), teacher, 0.5, safety_rejected="anyone")
