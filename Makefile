@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 # A CPU build is enough here; if torch is already in the venv it is kept (no multi-GB CUDA download).
 TORCH ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
+# dvc stages call papermill: run them with the venv's tools first on PATH
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup reproduce test profile bench clean-venv
 
