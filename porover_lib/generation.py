@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -210,13 +211,22 @@ class OpenAIBackend:
     """Chat Completions through the `openai` client, with bounded concurrency and our own retry loop.
 
     The client's built-in retries are off (max_retries=0) so that every attempt is ours to count,
-    back off (exponential with jitter, or the server's Retry-After) and report. The API key is read
-    from the environment variable named by `api_key_env`; local servers (loopback base_url) accept
-    any key, so there an unset variable means the placeholder "EMPTY".
+    back off (exponential with jitter, or the server's Retry-After) and report. A reply that is not
+    valid JSON or has no choices is retried like a 5xx. `retries` counts the retried attempts by
+    reason ("429", "500", "timeout", "connection", "malformed", "no_choices"), for the stage's record.
+    The API key is read from the environment variable named by `api_key_env`; local servers
+    (loopback base_url) accept any key, so there an unset variable means the placeholder "EMPTY".
     """
 
     name = "openai"
     RETRY_STATUS = (408, 409, 429)  # and every 5xx
+
+    class BadReply(Exception):
+        """A 200 reply we cannot use; `reason` is "malformed" or "no_choices"."""
+
+        def __init__(self, reason: str, message: str):
+            super().__init__(message)
+            self.reason = reason
 
     def __init__(self, base_url: str | None, model: str, api_key_env: str = "OPENAI_API_KEY",
                  max_concurrency: int = 8, timeout: float = 120.0, max_retries: int = 6,
@@ -236,6 +246,8 @@ class OpenAIBackend:
             key = "EMPTY"
         self._key = key
         self._random = random.Random()  # jitter only; leaves the global RNG to seeded code
+        self.retries: Counter[str] = Counter()
+        self._lock = threading.Lock()  # requests run in threads
         self.client = OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0)
 
     def __repr__(self) -> str:
@@ -268,11 +280,7 @@ class OpenAIBackend:
     def _samples(self, messages: list[dict], sampling: SamplingParams, seed: int) -> list[Completion]:
         completions = self._request(messages, sampling, sampling.n, seed)
         while len(completions) < sampling.n:  # servers that ignore `n` (llama.cpp, Ollama) answer once
-            more = self._request(messages, sampling, 1, mix_seed(seed, len(completions)))
-            if not more:
-                raise GenerationError(
-                    f"openai backend {self.base_url} model {self.model_name}: the server replied with no choices")
-            completions += more
+            completions += self._request(messages, sampling, 1, mix_seed(seed, len(completions)))
         return completions[:sampling.n]
 
     def _request(self, messages: list[dict], sampling: SamplingParams, n: int, seed: int) -> list[Completion]:
@@ -286,26 +294,54 @@ class OpenAIBackend:
             kwargs["n"] = n
         for attempt in range(self.max_retries + 1):
             try:
-                response = self.client.chat.completions.create(**kwargs)
-                break
-            except (openai.APIStatusError, openai.APIConnectionError) as err:
-                status = getattr(err, "status_code", None)
-                retry = status is None or status in self.RETRY_STATUS or status >= 500
-                if not retry or attempt == self.max_retries:
-                    tries = f"after {attempt + 1} attempts" if retry else "(not retryable)"
+                return self._completions(self.client.chat.completions.create(**kwargs))
+            except (openai.APIStatusError, openai.APIConnectionError, openai.APIResponseValidationError,
+                    json.JSONDecodeError, self.BadReply) as err:
+                reason = self._reason(err)
+                if reason is None or attempt == self.max_retries:
+                    tries = f"after {attempt + 1} attempts" if reason else "(not retryable)"
                     raise GenerationError(self._scrub(
                         f"openai backend {self.base_url} model {self.model_name}: request failed {tries}: "
                         f"{type(err).__name__}: {err}")) from None
+                with self._lock:
+                    self.retries[reason] += 1
                 delay = self._delay(attempt, err)
-                log.warning("openai backend %s: %s (attempt %d/%d), retrying in %.2f s", self.base_url,
-                            status or type(err).__name__, attempt + 1, self.max_retries + 1, delay)
+                log.warning("openai backend %s: %s (%s, attempt %d/%d), retrying in %.2f s", self.base_url,
+                            reason, type(err).__name__, attempt + 1, self.max_retries + 1, delay)
                 time.sleep(delay)
-        usage = response.usage
-        shared = len(response.choices) > 1  # usage is a total over all choices then
-        return [Completion(text=(c.message.content or "").strip(), finish_reason=c.finish_reason or "stop",
-                           prompt_tokens=usage.prompt_tokens if usage else None,
-                           completion_tokens=usage.completion_tokens if usage and not shared else None)
-                for c in sorted(response.choices, key=lambda c: c.index)]
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _completions(self, response) -> list[Completion]:
+        """The reply's choices in index order; BadReply if it is no chat completion or has no choices."""
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list):
+            raise self.BadReply("malformed", f"the reply is not a chat completion: {str(response)[:120]!r}")
+        if not choices:
+            raise self.BadReply("no_choices", "the server replied with no choices")
+        try:
+            usage = response.usage
+            shared = len(choices) > 1  # usage is a total over all choices then
+            return [Completion(text=(c.message.content or "").strip(), finish_reason=c.finish_reason or "stop",
+                               prompt_tokens=usage.prompt_tokens if usage else None,
+                               completion_tokens=usage.completion_tokens if usage and not shared else None)
+                    for c in sorted(choices, key=lambda c: c.index)]
+        except (AttributeError, TypeError) as err:  # fields missing or of the wrong type
+            raise self.BadReply("malformed", f"the reply's choices cannot be read: {err}") from None
+
+    def _reason(self, err) -> str | None:
+        """Why an attempt failed, as counted in `retries`; None for errors a retry cannot fix."""
+        import openai
+
+        if isinstance(err, self.BadReply):
+            return err.reason
+        if isinstance(err, (openai.APIResponseValidationError, json.JSONDecodeError)):
+            return "malformed"
+        if isinstance(err, openai.APITimeoutError):
+            return "timeout"
+        if isinstance(err, openai.APIConnectionError):
+            return "connection"
+        status = err.status_code
+        return str(status) if status in self.RETRY_STATUS or status >= 500 else None
 
     def _delay(self, attempt: int, err) -> float:
         """The server's Retry-After when it gives one, else exponential backoff with jitter."""

@@ -3,14 +3,18 @@
 `ChatServer` is a ThreadingHTTPServer on a free loopback port that answers POST
 /v1/chat/completions with whatever its `respond(count, body)` function returns, records every
 request (headers and JSON body), tracks how many requests are in flight at once, and refuses
-more than `max_requests` so a client bug cannot loop forever. Two responders:
-`model_responder` (a real model behind the endpoint) and `faulty_responder` (scripted 429 / 500 /
-hang faults before a deterministic answer). A responder gets (request number, request dict with
-"path", "headers" and "body") and returns (status, headers, payload) or HANG.
+more than `max_requests` so a client bug cannot loop forever. Three responders:
+`model_responder` (a real model behind the endpoint), `faulty_responder` (scripted faults before a
+deterministic answer) and `random_faults_responder` (a seeded share of faults on every request).
+Faults: "429" (with Retry-After), "500", "hang" (no reply until the client times out), "malformed"
+(a 200 whose body is not JSON), "empty" (a 200 chat completion with no choices). A responder gets
+(request number, request dict with "path", "headers" and "body") and returns (status, headers,
+payload) or HANG; a `bytes` payload is sent as it is.
 """
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from porover_lib.config import SamplingParams
 
 HANG = "hang"  # a responder's answer for "never reply" (until the client gives up or the server stops)
+FAULTS = ("429", "500", HANG, "malformed", "empty")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,8 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
             with srv.lock:
                 srv.in_flight -= 1
 
-    def _send(self, status: int, headers: dict, payload: dict) -> None:
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, headers: dict, payload: dict | bytes) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -128,21 +133,48 @@ def echo_text(body: dict, index: int = 0) -> str:
     return f"reply {index} to: {body['messages'][-1]['content']}"
 
 
+def reply(fault: str, count: int, body: dict, retry_after: str | None = "0.05"):
+    """The server's answer to one request meeting `fault` (one of FAULTS, or "ok": the echo)."""
+    if fault == "429":
+        return 429, ({"Retry-After": retry_after} if retry_after else {}), \
+            {"error": {"message": "rate limited", "type": "rate_limit_error"}}
+    if fault == "500":
+        return 500, {}, {"error": {"message": "internal error", "type": "server_error"}}
+    if fault == HANG:
+        return HANG
+    if fault == "malformed":
+        return 200, {}, b'{"id": "chatcmpl-cut", "choices": [{"index": 0, "message": {"content": "half'
+    if fault == "empty":
+        return chat_completion(count, body, [], [], 5, 0)
+    if fault != "ok":
+        raise ValueError(f"unknown fault {fault!r}; known: {FAULTS}")
+    n = body.get("n", 1)
+    return chat_completion(count, body, [echo_text(body, i) for i in range(n)], ["stop"] * n, 5, 3 * n)
+
+
 def faulty_responder(script: list[str], retry_after: str | None = "0.05"):
-    """Request k (1-based) meets fault script[k-1] ("429", "500", "hang"); later ones get an echo."""
+    """Request k (1-based) meets fault script[k-1] (one of FAULTS); later ones get an echo."""
 
     def respond(count: int, request: dict):
-        body = request["body"]
         fault = script[count - 1] if count <= len(script) else "ok"
-        if fault == "429":
-            return 429, ({"Retry-After": retry_after} if retry_after else {}), \
-                {"error": {"message": "rate limited", "type": "rate_limit_error"}}
-        if fault == "500":
-            return 500, {}, {"error": {"message": "internal error", "type": "server_error"}}
-        if fault == HANG:
-            return HANG
-        n = body.get("n", 1)
-        texts = [echo_text(body, i) for i in range(n)]
-        return chat_completion(count, body, texts, ["stop"] * n, 5, 3 * n)
+        return reply(fault, count, request["body"], retry_after)
 
+    return respond
+
+
+def random_faults_responder(rate: float = 0.3, seed: int = 0, faults: tuple[str, ...] = FAULTS,
+                            retry_after: str = "0.01"):
+    """Each request meets a fault with probability `rate`, drawn in turn from `faults`; `respond.seen`
+    counts what was served. The draw depends on the request number only, so a run is repeatable."""
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def respond(count: int, request: dict):
+        draw = random.Random(f"{seed}-{count}")
+        fault = faults[draw.randrange(len(faults))] if draw.random() < rate else "ok"
+        with lock:
+            seen[fault] = seen.get(fault, 0) + 1
+        return reply(fault, count, request["body"], retry_after)
+
+    respond.seen = seen
     return respond
