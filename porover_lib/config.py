@@ -308,6 +308,9 @@ def _describe(err: dict) -> str:
         return f"unknown key '{key}' (value {err['input']!r}); check the spelling against the schema in porover_lib/config.py"
     if err["type"] == "missing":
         return f"missing key '{key}': {msg}"
+    if err["type"] == "value_error":  # a validator's sentence names what is wrong; the input may be the whole profile
+        sentence = msg.removeprefix("Value error, ")
+        return f"{key}: {sentence}" if err["loc"] else sentence
     return f"key '{key}': value {err['input']!r} is not allowed: {msg}"
 
 
