@@ -464,14 +464,21 @@ ROW_FIELDS = ("prompt_id", "prompt", "role", "category", "label", "source", "sam
               "temperature", "top_p", "max_new_tokens", "system_prompt")
 
 
-def _check_same_run(path: Path, rows: list[dict], provenance: dict) -> None:
-    """Refuse to resume into a file written with other settings: the rows would not be one run."""
+def _rows_of_this_run(path: Path, provenance: dict) -> list[dict]:
+    """The rows to resume from: a file written with other settings (model, revision, sampling, system
+    prompt, seed, ...) is not this run, so it is set aside as `<name>.stale-<time>` and started afresh."""
+    rows = read_jsonl(path)
     for row in rows:
-        for key, value in provenance.items():
-            if row.get(key) != value:
-                raise GenerationError(
-                    f"{path}: holds rows of another run ({key}: file has {row.get(key)!r}, this run {value!r}, "
-                    f"row prompt_id={row.get('prompt_id')!r}); resume only with the same settings, or write a new file")
+        if differ := [k for k, v in provenance.items() if row.get(k) != v]:
+            stamp, i = time.strftime("%Y%m%d-%H%M%S"), 1
+            stale = path.with_name(f"{path.name}.stale-{stamp}")
+            while stale.exists():  # two restarts within a second keep both old files
+                stale, i = path.with_name(f"{path.name}.stale-{stamp}-{i}"), i + 1
+            path.rename(stale)
+            log.warning("%s was written with other settings (%s: file has %r, this run %r); moved to %s, "
+                        "starting afresh", path, differ[0], row.get(differ[0]), provenance[differ[0]], stale.name)
+            return []
+    return rows
 
 
 def overgenerate(records: Sequence, backend: Backend, sampling: SamplingParams, out_path: str | Path, seed: int,
@@ -503,8 +510,7 @@ def overgenerate(records: Sequence, backend: Backend, sampling: SamplingParams, 
     rows: list[dict] = []
     if out_path.exists():
         repair_jsonl_tail(out_path)
-        rows = read_jsonl(out_path)
-        _check_same_run(out_path, rows, provenance)
+        rows = _rows_of_this_run(out_path, provenance)
     done = {(row["prompt_id"], row["sample_index"]) for row in rows}
     if done:
         log.info("%s: resuming, %d rows already written", out_path, len(done))

@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,26 +55,11 @@ class Backends:
         return self._cache[name]
 
 
-def _resume_or_restart(path: Path, backend, sampling, seed: int, extra: dict) -> None:
-    """A file from a run with other settings (changed params) is set aside, not mixed in."""
-    if not path.exists():
-        return
-    wanted = dict(backend=backend.name, model=backend.model_name, seed=seed, temperature=sampling.temperature,
-                  top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens, **extra)
-    rows = read_jsonl(path)
-    if any(row.get(k) != v for row in rows[:1] for k, v in wanted.items()):
-        stale = path.with_name(f"{path.name}.stale-{int(time.time())}")
-        path.rename(stale)
-        log.warning("%s was written with other settings; moved to %s and starting afresh", path, stale.name)
-
-
 def generate_rows(records: list[PromptRecord], backend, sampling, out_path: str | Path, seed: int,
                   extra: dict | None = None) -> pd.DataFrame:
     """Resumable generation into `out_path` (see generation.overgenerate), restarting on changed settings."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    extra = extra or {}
-    _resume_or_restart(out_path, backend, sampling, seed, extra)
     return overgenerate(records, backend, sampling, out_path, seed, extra=extra)
 
 

@@ -30,7 +30,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from porover_lib.models import embedded_tokenizer
+    from tiny import embedded_tokenizer
 
     return embedded_tokenizer()
 

@@ -102,7 +102,7 @@ def test_general_rows_get_the_same_labels_as_trl_completion_only_loss(tokenizer,
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from porover_lib.models import tiny_model
+    from tiny import tiny_model
 
     model, _ = tiny_model(tokenizer)
     pair = {"prompt": GENERAL["messages"][:1], "completion": GENERAL["messages"][1:]}

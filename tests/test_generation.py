@@ -16,8 +16,8 @@ from porover_lib.generation import (
     vllm_sampling_kwargs,
 )
 from porover_lib.io import JsonlError, append_jsonl, read_jsonl, repair_jsonl_tail, write_jsonl
-from porover_lib.models import save_tiny_model, tiny_model
 from porover_lib.prompts import PromptRecord
+from tiny import save_tiny_model, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -289,11 +289,21 @@ def test_resume_after_a_torn_last_line(tmp_path, hf):
     assert len(part.read_text().splitlines()) == 12
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path, hf):
-    path = tmp_path / "rows.jsonl"
-    overgenerate([record(0)], hf, SamplingParams(max_new_tokens=2), path, seed=1)
-    with pytest.raises(GenerationError, match=r"rows.jsonl.*seed: file has 1, this run 2"):
-        overgenerate([record(0), record(1)], hf, SamplingParams(max_new_tokens=2), path, seed=2)
+def test_a_file_from_other_settings_is_set_aside_and_restarted(tmp_path, hf, caplog):
+    """Any provenance field differing (here seed, revision, system prompt) starts a fresh file."""
+    path, sampling = tmp_path / "rows.jsonl", SamplingParams(max_new_tokens=2)
+    overgenerate([record(0)], hf, sampling, path, seed=1)
+    first = path.read_text()
+    changes = [(hf, sampling, 2), (HFBackend(hf.model, hf.tokenizer, hf.model_name, revision="abc123"), sampling, 2),
+               (hf, SamplingParams(max_new_tokens=2, system_prompt="Be brief."), 2)]
+    for backend, settings, seed in changes:
+        rows = overgenerate([record(0), record(1)], backend, settings, path, seed=seed)
+        assert len(rows) == 2 and rows["seed"].eq(seed).all()
+        assert rows[["revision", "system_prompt"]].drop_duplicates().values.tolist() == [[backend.revision,
+                                                                                          settings.system_prompt]]
+    stale = sorted(tmp_path.glob("rows.jsonl.stale-*"))
+    assert len(stale) == 3 and stale[0].read_text() == first
+    assert sum("moved to rows.jsonl.stale-" in r.getMessage() for r in caplog.records) == 3
     with pytest.raises(GenerationError, match="duplicate prompt ids"):
         overgenerate([record(0), record(0)], hf, SamplingParams(max_new_tokens=2), path, seed=1)
     with pytest.raises(GenerationError, match="overwrite row fields"):

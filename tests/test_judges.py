@@ -236,7 +236,7 @@ def test_verdict_token_ids_come_from_the_tokenizer(tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_lm(tokenizer):
-    from porover_lib.models import tiny_model
+    from tiny import tiny_model
 
     model, _ = tiny_model(tokenizer)
     return model.eval()

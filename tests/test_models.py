@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from porover_lib.config import ModelParams
-from porover_lib.models import (cache_root, load_model_and_tokenizer, pick_dtype, prepare_embedded,
-                                quantization_config, resolve_path, save_tiny_model, tiny_model)
+from porover_lib.models import (cache_root, load_model, load_tokenizer, pick_dtype, prepare_embedded,
+                                quantization_config, resolve_path)
+from tiny import save_tiny_model, tiny_model
 
 
 @pytest.mark.slow
@@ -21,7 +22,7 @@ def test_embedded_model_converts_once_answers_and_is_reused(tmp_path, monkeypatc
     print(f"\nembedded model preparation (GGUF -> safetensors): {first:.1f} s")
 
     spec = ModelParams(name="embedded:smollm2-135m-instruct", dtype="bfloat16", device="cpu")
-    model, tokenizer = load_model_and_tokenizer(spec)
+    model, tokenizer = load_model(spec), load_tokenizer(spec)
     assert weights.stat().st_mtime_ns == stamp  # loaded from the cache, not converted again
     assert not getattr(model, "is_quantized", False)  # trainers accept it
     assert model.config.num_hidden_layers == 30 and model.dtype == torch.bfloat16
@@ -65,6 +66,6 @@ def test_tiny_model_has_the_embedded_architecture_and_tokenizer(tokenizer, tmp_p
     assert model.config.model_type == "llama" and model.config.vocab_size == len(tokenizer)
     assert sum(p.numel() for p in model.parameters()) < 5_000_000
     path = save_tiny_model(tmp_path / "tiny", tokenizer=tokenizer)
-    reloaded, _ = load_model_and_tokenizer(ModelParams(name=str(path), dtype="float32", device="cpu"))
+    reloaded = load_model(ModelParams(name=str(path), dtype="float32", device="cpu"))
     ids = tok("hello", return_tensors="pt")["input_ids"]
     assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)

@@ -9,7 +9,7 @@ from servers import HANG, ChatServer, echo_text, faulty_responder, model_respond
 
 from porover_lib.config import BackendParams, SamplingParams
 from porover_lib.generation import GenerationError, HFBackend, OpenAIBackend, make_backend, mix_seed
-from porover_lib.models import tiny_model
+from tiny import tiny_model
 from porover_lib.prompts import PromptRecord
 
 KEY_ENV = "POROVER_TEST_API_KEY"

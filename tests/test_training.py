@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny(tokenizer):
     """Tiny random Llama with 10x embeddings: with the default init the tied LM head's logits stay near
     zero whatever LoRA does, so the loss could not fall; 10x lets a few LoRA steps memorise."""
-    from porover_lib.models import tiny_model
+    from tiny import tiny_model
 
     model, _ = tiny_model(tokenizer)
     with torch.no_grad():
