@@ -19,7 +19,7 @@ MIN_SIZES = {  # set -> (train, eval)
 
 def test_benchmark_files_all_read(shared_data):
     prompts = benchmark_prompts(shared_data)
-    assert len(prompts) == 13 and all(len(p) >= 4 for p in prompts.values()), {k: len(v) for k, v in prompts.items()}
+    assert len(prompts) == 14 and all(len(p) >= 4 for p in prompts.values()), {k: len(v) for k, v in prompts.items()}
     assert len(prompts["xstest/xstest_prompts.csv"]) == 450
 
 
