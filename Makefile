@@ -10,7 +10,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # dvc stages call papermill: run them with the venv's tools first on PATH
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup reproduce test profile bench clean-venv
+.PHONY: setup check reproduce test profile bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ setup: $(VENV)/.installed
 profile: setup
 	$(PY) -m porover_lib.config params/$(PROFILE).yaml --write params/active.yaml
 
-reproduce: profile
+# Before a long run: prompt files, model names, API key variables, checkpoints and GPU (porover_lib/checks.py).
+check: setup
+	$(VENV)/bin/porover check params/$(PROFILE).yaml
+
+reproduce: check profile
 	$(VENV)/bin/dvc repro
 
 test: setup

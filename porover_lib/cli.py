@@ -1,4 +1,6 @@
-"""The `porover` command line. Subcommands live in `build_parser`: `judge` and `train`.
+"""The `porover` command line. Subcommands live in `build_parser`: `check`, `judge` and `train`.
+
+    porover check paper          # params/paper.yaml ready to run? one line per problem, exit 1 if not
 
     porover judge --kind refusal --judge keyword --input completions.csv \
         --prompt-column prompt --response-column completion --output judged.csv
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .judges import judge_names, make_judge
+from .judges import judge_class, judge_names, make_judge
 
 OUTPUT_COLUMNS = ("label", "score", "reason", "judge")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".json")
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_judge_command(commands)
     _add_train_command(commands)
+    _add_check_command(commands)
     return parser
 
 
@@ -112,8 +115,6 @@ def _texts(column: pd.Series) -> list[str]:
 
 def _judge_options(args: argparse.Namespace) -> dict:
     """Constructor options for the chosen judge from the command-line flags."""
-    model = dict(model=args.model, revision=args.revision, trust_remote_code=args.trust_remote_code,
-                 dtype=args.dtype, device=args.device)
     name = args.judge
     if name == "keyword":
         return {}
@@ -123,15 +124,21 @@ def _judge_options(args: argparse.Namespace) -> dict:
         if args.refusal_judge == "llm":
             return {"refusal_judge": "llm", "backend": _chat_backend(args, "refusal_proxy with --refusal-judge llm")}
         return {"refusal_judge": args.refusal_judge}
-    if name == "llama_guard":
-        if args.base_url:
-            return {"backend": _server_backend(args)}
-        return {k: v for k, v in model.items() if v is not None} | {"batch_size": args.batch_size}
-    if name == "hf_reward_model":
-        return {k: v for k, v in model.items() if v is not None} | {"batch_size": args.batch_size}
+    if name == "llama_guard" and args.base_url:
+        return {"backend": _server_backend(args)}
+    if name in ("llama_guard", "hf_reward_model"):
+        return {"model": _model_params(args, judge_class(args.kind, name).default_model),
+                "batch_size": args.batch_size}
     if name == "heuristic":  # text-only unless a scoring model is named
-        return model if args.model else {}
+        return {"model": _model_params(args)} if args.model else {}
     raise CLIError(f"no command-line options known for judge {name!r}")
+
+
+def _model_params(args: argparse.Namespace, default: str | None = None):
+    from .config import ModelParams
+
+    return ModelParams(name=args.model or default, revision=args.revision, trust_remote_code=args.trust_remote_code,
+                       dtype=args.dtype, device=args.device)
 
 
 def _chat_backend(args: argparse.Namespace, who: str):
@@ -140,12 +147,10 @@ def _chat_backend(args: argparse.Namespace, who: str):
         return _server_backend(args)
     if not args.model:
         raise CLIError(f"{who} needs a chat model: --base-url and --api-model for a server, or --model for a local one")
-    from .config import ModelParams
     from .generation import HFBackend
     from .models import load_model, load_tokenizer
 
-    spec = ModelParams(name=args.model, revision=args.revision, trust_remote_code=args.trust_remote_code,
-                       dtype=args.dtype, device=args.device)
+    spec = _model_params(args)
     return HFBackend(load_model(spec), load_tokenizer(spec), model_name=args.model, revision=args.revision)
 
 
@@ -226,6 +231,26 @@ def _run_train(args) -> int:
         training.train_po(rows, params.student, args.sft_dir, name, variant, params.po,
                           (args.out or Path("checkpoints/po")) / name, seed=params.seed)
     return 0
+
+# ------------------------------------------------------------------------------------ check
+
+def _add_check_command(commands) -> None:
+    p = commands.add_parser(
+        "check", help="check a profile before a run: prompt files, model names, API keys, checkpoints, GPU",
+        description="Load a profile and check what it points at, without running anything: prompt files exist "
+                    "and parse, models resolve (on the hub too unless HF_HUB_OFFLINE=1), API key variables are "
+                    "set, evaluated checkpoints exist in the profile, a CUDA GPU is there if asked for. "
+                    "Prints one line per problem and exits 1 if there is any.")
+    p.add_argument("profile", nargs="?", default="default", help="a name in params/ (default, paper) or a YAML path")
+    p.set_defaults(run=_run_check)
+
+
+def _run_check(args) -> int:
+    from .checks import check_profile, report
+
+    problems = check_profile(args.profile)
+    print(report(args.profile, problems), file=sys.stderr if problems else sys.stdout)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
