@@ -56,3 +56,21 @@ def test_harmful_train_prompts_carry_two_safe_responses():
     rows = embedded_prompts(EMBEDDED)["harmful"]
     short = [r["id"] for r in rows if r["split"] == "train" and len(set(r.get("references", []))) < 2]
     assert not short, f"harmful train prompts with fewer than 2 references: {short[:20]}"
+
+
+def test_harmful_references_are_refusals_to_the_keyword_judge():
+    """The references become SFT targets for harmful prompts: the judge the pipeline uses must see refusals."""
+    from porover_lib.judges import KeywordRefusalJudge
+
+    judge = KeywordRefusalJudge()
+    rows = [r for r in embedded_prompts(EMBEDDED)["harmful"] for _ in r.get("references", [])]
+    refs = [ref for r in embedded_prompts(EMBEDDED)["harmful"] for ref in r.get("references", [])]
+    labels = [j.label for j in judge.judge([r["prompt"] for r in rows], refs)]
+    missed = [ref for ref, label in zip(refs, labels) if label == "compliance"]
+    assert not missed, f"{len(missed)} references judged compliance: {missed[:10]}"
+
+
+def test_seemingly_toxic_prompts_name_their_over_refusal_type():
+    rows = embedded_prompts(EMBEDDED)["seemingly_toxic"]
+    assert all(r.get("type") for r in rows)
+    assert len({r["type"] for r in rows}) >= 6, Counter(r["type"] for r in rows)
