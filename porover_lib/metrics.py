@@ -11,15 +11,17 @@ All rates are fractions in [0, 1].
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROLES = ("harmful", "seemingly_toxic", "general")
-SAFETY_LABELS = ("safe", "unsafe")
-REFUSAL_CLASSES = ("compliance", "refusal", "partial_refusal")
+from .config import ROLES
+from .judges.base import REFUSAL_LABELS, SAFETY_LABELS
+
 
 # One mapping for our judge labels and XSTest's human labels.
 _REFUSAL_LABEL_MAP = {
@@ -174,11 +176,11 @@ def refusal_flags(labels) -> np.ndarray:
 
 
 def xstest_breakdown(labels: Sequence[str]) -> dict[str, float]:
-    """Shares of full compliance / full refusal / partial refusal (keys: REFUSAL_CLASSES)."""
+    """Shares of full compliance / full refusal / partial refusal (keys: REFUSAL_LABELS)."""
     classes = [normalize_refusal_label(v) for v in labels]
     if not classes:
         raise ValueError("labels is empty: cannot compute a breakdown of 0 responses")
-    return {c: classes.count(c) / len(classes) for c in REFUSAL_CLASSES}
+    return {c: classes.count(c) / len(classes) for c in REFUSAL_LABELS}
 
 
 def _require_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
@@ -296,87 +298,10 @@ def summarize(df: pd.DataFrame, n_boot: int = 1000, alpha: float = 0.05, seed: i
 
 # --------------------------------------------------------------------------- papers
 
-_SCALE_NOTE = (
-    "Our reproduction uses much smaller open models, our own judges and the public data in "
-    "shared/data (OR-Bench is not available offline), so absolute numbers are not comparable; "
-    "compare directions and rough magnitudes only."
-)
+PAPER_RESULTS_FILE = Path(__file__).parent / "data" / "paper_results.json"
 
-PAPER_RESULTS: list[dict] = [
-    {
-        "paper": "POROver v1",
-        "citation": "Karaman et al. 2024",
-        "source": "arXiv:2410.12999v1, abstract",
-        "metric": "F1(safety, usefulness)",
-        "benchmark": None,
-        "model": "student models, GPT-4o teacher",
-        "stages": ["before", "after overgenerating general-purpose completions"],
-        "values": [70.8, 88.3],
-        "unit": "%",
-        "note": _SCALE_NOTE,
-    },
-    {
-        "paper": "POROver v1",
-        "citation": "Karaman et al. 2024",
-        "source": "arXiv:2410.12999v1, abstract",
-        "metric": "over-refusal",
-        "benchmark": "OR-Bench-Hard-1K",
-        "model": "student models, GPT-4o teacher",
-        "stages": ["base student", "SFT (overgenerated toxic-prompt completions)", "POROver (preference optimization)"],
-        "values": [94.4, 45.2, 15.0],
-        "unit": "%",
-        "note": "Lower is better; over-refusal = 1 - usefulness. " + _SCALE_NOTE,
-    },
-    {
-        "paper": "POROver v2",
-        "citation": "Karaman et al. 2025 (ICML 2025)",
-        "source": "arXiv:2410.12999v2, abstract",
-        "metric": "F1(safety, usefulness)",
-        "benchmark": None,
-        "model": "student models, GPT-4o teacher",
-        "stages": ["before", "after overgenerating general-purpose completions"],
-        "values": [74.4, 91.8],
-        "unit": "%",
-        "note": "v2 (the ICML 2025 version) reports different numbers from v1; say which version "
-        "you compare against. " + _SCALE_NOTE,
-    },
-    {
-        "paper": "POROver v2",
-        "citation": "Karaman et al. 2025 (ICML 2025)",
-        "source": "arXiv:2410.12999v2, abstract",
-        "metric": "usefulness",
-        "benchmark": None,
-        "model": "student models, GPT-4o teacher",
-        "stages": ["base student", "SFT (overgenerated toxic-prompt completions)", "POROver (preference optimization)"],
-        "values": [11.1, 57.6, 82.1],
-        "unit": "%",
-        "note": "Safety is reported as kept at comparable levels. " + _SCALE_NOTE,
-    },
-    {
-        "paper": "DeRTa",
-        "citation": "Yuan et al. 2024 (ACL 2025)",
-        "source": "arXiv:2407.09121; code and test data: github.com/RobustNLP/DeRTa",
-        "metric": "attack success rate",
-        "benchmark": "six attack scenarios (e.g. CodeAttack, CompletionAttack)",
-        "model": "LLaMA3-70B-Instruct",
-        "stages": ["LLaMA3-70B-Instruct", "+ DeRTa"],
-        "values": [],
-        "unit": "%",
-        "note": "Reported as reduced; numbers deliberately left out here (not verified). "
-        "DeRTa trains on harmful-prefix + refusal data, a different intervention from POROver. " + _SCALE_NOTE,
-    },
-    {
-        "paper": "Safe-NCA",
-        "citation": "Alami et al. 2024",
-        "source": "arXiv:2409.07772, abstract",
-        "metric": "global safety score",
-        "benchmark": "safety datasets judged by LlamaGuard-3-8B",
-        "model": "Falcon-11B",
-        "stages": ["Falcon-11B", "after safety preference optimization"],
-        "values": [57.6, 99.9],
-        "unit": "%",
-        "note": "The abstract credits the alignment techniques studied for 99.9 and names Safe-NCA "
-        "the best safety/performance balance. Safety only; the authors report a loss of general "
-        "capability (notably math). " + _SCALE_NOTE,
-    },
-]
+
+def paper_results() -> list[dict]:
+    """The papers' reported numbers (data/paper_results.json), each note ending in why ours differ."""
+    data = json.loads(PAPER_RESULTS_FILE.read_text(encoding="utf-8"))
+    return [{**r, "note": f"{r['note']} {data['scale_note']}".strip()} for r in data["results"]]

@@ -22,7 +22,7 @@ from .reward import HeuristicRewardJudge, HFRewardModelJudge, repeated_trigram_s
 from .safety import LlamaGuardJudge, RefusalProxySafetyJudge, parse_llama_guard, verdict_token_ids
 
 __all__ = [
-    "REFUSAL_LABELS", "SAFETY_LABELS", "Judge", "Judgement", "is_refusal", "judge_names", "make_judge",
+    "REFUSAL_LABELS", "SAFETY_LABELS", "Judge", "Judgement", "is_refusal", "judge_class", "judge_names", "make_judge",
     "KeywordRefusalJudge", "split_sentences", "ORBENCH_PROMPT", "LLMRefusalJudge", "parse_orbench_reply",
     "RefusalProxySafetyJudge", "LlamaGuardJudge", "parse_llama_guard", "verdict_token_ids",
     "HFRewardModelJudge", "HeuristicRewardJudge", "repeated_trigram_share",
@@ -45,10 +45,15 @@ def judge_names(kind: str | None = None) -> list[str]:
     return sorted(n for k, n in _JUDGES if k == kind)
 
 
-def make_judge(kind: str, name: str, **options: Any) -> Judge:
-    """Build a judge from config strings, e.g. make_judge("safety", "refusal_proxy")."""
+def judge_class(kind: str, name: str) -> type:
+    """The class registered as (kind, name), with an error listing what is allowed."""
     if kind not in judge_names():
         raise ValueError(f"unknown judge kind {kind!r}; allowed: {', '.join(judge_names())}")
     if (kind, name) not in _JUDGES:
         raise ValueError(f"unknown {kind} judge {name!r}; allowed: {', '.join(judge_names(kind))}")
-    return _JUDGES[(kind, name)](**options)
+    return _JUDGES[(kind, name)]
+
+
+def make_judge(kind: str, name: str, **options: Any) -> Judge:
+    """Build a judge from config strings, e.g. make_judge("safety", "refusal_proxy")."""
+    return judge_class(kind, name)(**options)
