@@ -1,4 +1,4 @@
-"""JSON Lines files that survive interruption: appends are fsynced, rewrites are atomic.
+"""Files of the pipeline: JSON Lines that survive interruption (appends fsynced, rewrites atomic), JSON reports.
 
 A process killed in the middle of an append leaves at most one torn line at the end of the file;
 `read_jsonl` drops it (with a warning) and `repair_jsonl_tail` cuts it off before the next append,
@@ -111,3 +111,36 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Replace `path` with `obj` as indented JSON, atomically (a report is never half written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def records(df) -> list[dict]:
+    """DataFrame rows as plain dicts (NaN -> None) for the selection and preference code."""
+    return json.loads(df.to_json(orient="records"))
+
+
+def write_rows(path: str | Path, rows) -> Path:
+    """Rows (dicts or a DataFrame) as a JSONL file, replaced atomically."""
+    rows = records(rows) if hasattr(rows, "to_json") else rows
+    path = Path(path)
+    write_jsonl(path, rows)
+    return path
+
+
+def read_rows(folder: str | Path, pattern: str = "*.jsonl"):
+    """All rows of the JSONL files in `folder` as one DataFrame; none found means the stage before did not run."""
+    import pandas as pd
+
+    files = sorted(Path(folder).glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no {pattern} files; run the previous stage first")
+    return pd.DataFrame([row for f in files for row in read_jsonl(f)])

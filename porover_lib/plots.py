@@ -1,9 +1,7 @@
-"""Report figures (seaborn styling, Agg rendering).
+"""Figures of the data and the evaluation (seaborn styling, Agg rendering; see `figures`).
 
-Each function returns a matplotlib Figure and, given `path`, also writes a PNG there
-(parent folders are created). Figures are `matplotlib.figure.Figure` objects bound to
-an Agg canvas rather than pyplot figures, so they need no display, do not switch the
-caller's backend and do not pile up in pyplot's figure registry.
+Each function returns a matplotlib Figure and, given `path`, also writes a PNG there. Training
+curves live in `training_log`, so editing a figure here reruns no training stage.
 """
 
 from __future__ import annotations
@@ -14,50 +12,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from porover_lib.metrics import refusal_flags
+from .figures import figure, finish, get
+from .metrics import refusal_flags
 
 RATE_METRICS = ("safety", "usefulness", "f1")
 TRAJECTORY = ("base", "sft", "po")
-DPO_KEYS = ("rewards/margins", "rewards/accuracies")
-
-
-def _figure(figsize, ncols: int = 1, style: str = "whitegrid"):
-    """A headless Agg figure and its axes, styled by seaborn without touching global rcParams."""
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    with sns.axes_style(style):
-        axes = fig.subplots(1, ncols)
-    return fig, axes
-
-
-def _finish(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150)
-    return fig
-
-
-def _get(mapping: Mapping, key: str, where: str):
-    """mapping[key] with an error that says where the key was expected and what exists."""
-    if not isinstance(mapping, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(mapping).__name__}")
-    if key not in mapping:
-        raise ValueError(f"{where} has no {key!r}; keys present: {list(mapping)}")
-    return mapping[key]
 
 
 def _ci(stats: Mapping, metric: str, where: str) -> tuple[float, float, float]:
     """(value, value - low, high - value) of a summary metric, i.e. errorbar half-widths."""
-    value = _get(stats, metric, where)
-    return value, value - _get(stats, f"{metric}_low", where), _get(stats, f"{metric}_high", where) - value
+    value = get(stats, metric, where)
+    return value, value - get(stats, f"{metric}_low", where), get(stats, f"{metric}_high", where) - value
 
 
 def _summary(metrics_dict: Mapping) -> Mapping:
-    summary = _get(metrics_dict, "summary", "metrics_dict")
+    summary = get(metrics_dict, "summary", "metrics_dict")
     if not summary:
         raise ValueError("metrics_dict['summary'] has no checkpoints")
     return summary
@@ -81,7 +52,7 @@ def rates_with_ci(metrics_dict: Mapping, path: str | Path | None = None) -> Figu
     present = [m for m in RATE_METRICS if any(m in s for s in summary.values())]
     if not present:
         raise ValueError(f"metrics_dict['summary'] has none of {RATE_METRICS}")
-    fig, ax = _figure((max(4.5, 1.6 + 1.2 * len(summary)), 3.8))
+    fig, ax = figure((max(4.5, 1.6 + 1.2 * len(summary)), 3.8))
     width = 0.8 / len(present)
     colors = sns.color_palette("deep", len(present))
     for j, metric in enumerate(present):
@@ -99,9 +70,10 @@ def rates_with_ci(metrics_dict: Mapping, path: str | Path | None = None) -> Figu
     ax.set_xticks(range(len(summary)), [str(c) for c in summary])
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("checkpoint")
-    ax.set_ylabel("rate (95% CI)")
+    ax.set_ylabel("share of prompts (95% CI)")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(present), frameon=False)
-    return _finish(fig, path)
+    fig.suptitle("safety, usefulness and F1 per checkpoint")
+    return finish(fig, path)
 
 
 def tradeoff_plane(
@@ -115,7 +87,7 @@ def tradeoff_plane(
     paper_points: optional [{"label", "safety", "usefulness"}] as fractions in [0, 1].
     """
     summary = _summary(metrics_dict)
-    fig, ax = _figure((5, 5))
+    fig, ax = figure((5, 5))
     u = np.linspace(0.01, 1, 200)
     for level in (0.5, 0.7, 0.9):  # F1 = level  <=>  s = level * u / (2u - level)
         ok = 2 * u > level
@@ -144,7 +116,7 @@ def tradeoff_plane(
 
     for i, point in enumerate(paper_points or []):
         where = f"paper_points[{i}]"
-        label, s, uv = _get(point, "label", where), _get(point, "safety", where), _get(point, "usefulness", where)
+        label, s, uv = get(point, "label", where), get(point, "safety", where), get(point, "usefulness", where)
         if not (0 <= s <= 1 and 0 <= uv <= 1):
             raise ValueError(f"{where} must hold fractions in [0, 1] (not percents), got safety={s}, usefulness={uv}")
         ax.scatter(uv, s, marker="X", s=60, color="0.35", zorder=3)
@@ -153,10 +125,10 @@ def tradeoff_plane(
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_aspect("equal")
-    ax.set_xlabel("usefulness (1 - over-refusal)")
-    ax.set_ylabel("safety")
+    ax.set_xlabel("usefulness (share of seemingly-toxic prompts not refused)")
+    ax.set_ylabel("safety (share of harmful prompts answered safely)")
     ax.set_title("safety / usefulness trade-off")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def refusal_heatmap(
@@ -181,76 +153,22 @@ def refusal_heatmap(
         .pivot_table(index="category", columns="checkpoint", values="refused", aggfunc="mean", sort=False)
         .reindex(columns=pd.unique(judged["checkpoint"]))
     )
-    fig, ax = _figure((1.5 + 1.1 * table.shape[1], 1.2 + 0.45 * table.shape[0]), style="white")
+    fig, ax = figure((1.5 + 1.1 * table.shape[1], 1.2 + 0.45 * table.shape[0]), style="white")
     sns.heatmap(table, ax=ax, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="rocket_r",
-                cbar_kws={"label": "refusal rate"})
+                cbar_kws={"label": "refusal rate (share of responses)"})
     ax.tick_params(axis="y", labelrotation=0)
     ax.set_xlabel("checkpoint")
-    ax.set_ylabel("category")
-    return _finish(fig, path)
-
-
-# --------------------------------------------------------------------------- training
-
-
-def _series(log_history: Sequence[Mapping], key: str) -> tuple[list, list]:
-    steps, values = [], []
-    for i, entry in enumerate(log_history):
-        if key in entry:
-            steps.append(_get(entry, "step", f"log_history[{i}]"))
-            values.append(entry[key])
-    return steps, values
-
-
-def _logged_keys(log_history: Sequence[Mapping]) -> list[str]:
-    return sorted({k for entry in log_history for k in entry})
-
-
-def loss_curve(
-    log_history: Sequence[Mapping], keys: Sequence[str] = ("loss",), path: str | Path | None = None
-) -> Figure:
-    """Training curves vs step from a HF Trainer `state.log_history` (one line per key)."""
-    if isinstance(keys, str):
-        keys = (keys,)
-    fig, ax = _figure((5.5, 3.5))
-    for key in keys:
-        steps, values = _series(log_history, key)
-        if not steps:
-            raise ValueError(f"log_history has no {key!r} entries; keys logged: {_logged_keys(log_history)}")
-        ax.plot(steps, values, marker="o", ms=3, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss" if len(keys) == 1 and keys[0] == "loss" else "value")
-    ax.legend()
-    return _finish(fig, path)
-
-
-def preference_curves(log_history: Sequence[Mapping], path: str | Path | None = None) -> Figure:
-    """DPO reward margin and preference accuracy vs step, train and eval_ series as logged by TRL."""
-    fig, axes = _figure((9, 3.5), ncols=2)
-    for ax, key in zip(axes, DPO_KEYS):
-        drawn = 0
-        for name in (key, f"eval_{key}"):
-            steps, values = _series(log_history, name)
-            if steps:
-                ax.plot(steps, values, marker="o", ms=3, label="eval" if name.startswith("eval_") else "train")
-                drawn += 1
-        if not drawn:
-            raise ValueError(
-                f"log_history has neither {key!r} nor 'eval_{key}'; keys logged: {_logged_keys(log_history)}"
-            )
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.legend()
-    axes[0].axhline(0, color="0.5", lw=0.8)
-    axes[1].set_ylim(0, 1.02)
-    return _finish(fig, path)
+    ax.set_ylabel("prompt role · category")
+    ax.set_title("refusals (full or partial) by category")
+    return finish(fig, path)
 
 
 # --------------------------------------------------------------------------- data selection
 
 
 def score_distributions(
-    df: pd.DataFrame, score_column: str, hue_column: str, kde: bool = True, path: str | Path | None = None
+    df: pd.DataFrame, score_column: str, hue_column: str, kde: bool = True, xlabel: str | None = None,
+    title: str | None = None, path: str | Path | None = None,
 ) -> Figure:
     """Histogram (+ KDE) of judge scores per group, each group normalised on its own."""
     _require_columns(df, (score_column, hue_column))
@@ -260,12 +178,13 @@ def score_distributions(
     # a KDE needs spread: a group whose scores are all equal (e.g. every completion hit max_new_tokens)
     # has a singular covariance, so draw the KDE only when every group varies
     kde = kde and bool((data.groupby(hue_column)[score_column].nunique() > 1).all())
-    fig, ax = _figure((6, 3.5))
+    fig, ax = figure((6, 3.5))
     sns.histplot(data=data, x=score_column, hue=hue_column, kde=kde, stat="density",
                  common_norm=False, element="step", ax=ax)
-    ax.set_xlabel(score_column)
-    ax.set_ylabel("density")
-    return _finish(fig, path)
+    ax.set_xlabel(xlabel or score_column)
+    ax.set_ylabel("density (each group sums to 1)")
+    ax.set_title(title or f"{score_column} by {hue_column}")
+    return finish(fig, path)
 
 
 def refusal_rate_histogram(
@@ -277,7 +196,7 @@ def refusal_rate_histogram(
         raise ValueError("rates is empty")
     if not ((x >= 0) & (x <= 1)).all():
         raise ValueError("rates must be fractions in [0, 1] (NaN not allowed)")
-    fig, ax = _figure((5.5, 3.5))
+    fig, ax = figure((5.5, 3.5))
     sns.histplot(x=x, bins=20, binrange=(0, 1), ax=ax)
     if tau is not None:
         if not 0 <= tau <= 1:
@@ -286,6 +205,7 @@ def refusal_rate_histogram(
         ax.axvline(tau, color="crimson", ls="--", label=f"τ = {tau:g} ({above}/{x.size} prompts ≥ τ)")
         ax.legend()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("student refusal rate per prompt")
-    ax.set_ylabel("prompts")
-    return _finish(fig, path)
+    ax.set_xlabel("student refusal rate per prompt (share of its samples)")
+    ax.set_ylabel("prompts (count)")
+    ax.set_title("how often the SFT student refuses each benign prompt")
+    return finish(fig, path)

@@ -1,0 +1,253 @@
+"""The glue each notebook calls, in stage order 01 -> 06: params in, files and tables out.
+
+Notebooks stay thin (a parameters cell, one call per step, a table or a plot); what a step decides
+lives in the module that owns it (generation, judges, selection, training, preference, metrics).
+Here: 01 overgeneration, 02 judging (one judge model in memory at a time), 04 student samples and
+teacher answers, 06 evaluated checkpoints and their cached responses. 03 and 05 call `training`
+directly; notebook set-up (quiet libraries, seed) is in `notebook`.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import ModelParams, Params
+from .generation import make_backend, overgenerate
+from .io import read_jsonl
+from .prompts import PromptRecord, load_sets
+
+JUDGE_KINDS = ("refusal", "safety", "reward")
+
+
+def free_memory() -> None:
+    """Return a dropped model's memory now, before the next one loads (CUDA caches freed blocks)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def generate_rows(records: list[PromptRecord], backend, sampling, out_path: str | Path, seed: int,
+                  extra: dict | None = None) -> pd.DataFrame:
+    """Resumable generation into `out_path` (see generation.overgenerate), restarting on changed settings."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return overgenerate(records, backend, sampling, out_path, seed, extra=extra)
+
+
+# ------------------------------------------------------------------------------------ 01 overgenerate
+
+def overgenerate_sets(params: Params, out_dir: str | Path) -> pd.DataFrame:
+    """Every configured set, every teacher of that set, N completions per prompt; one teacher loaded at a time."""
+    sets = load_sets(params, params.overgenerate.sets)
+    frames = {}
+    for teacher in dict.fromkeys(t for s in sets for t in params.overgen_teachers(s)):
+        backend = make_backend(params.teacher(teacher))
+        for set_name in (s for s in sets if teacher in params.overgen_teachers(s)):
+            path = Path(out_dir) / f"{set_name}__{teacher}.jsonl"
+            frames[set_name, teacher] = generate_rows(sets[set_name], backend, params.overgenerate.sampling, path,
+                                                      params.seed, extra={"set": set_name, "teacher": teacher})
+        del backend
+        free_memory()
+    return pd.concat([frames[s, t] for s in sets for t in params.overgen_teachers(s)], ignore_index=True)
+
+
+def generation_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per set and teacher: prompts, completions, mean length in tokens, share cut off by max_new_tokens."""
+    return (rows.groupby(["set", "teacher", "backend"], sort=False)
+            .agg(prompts=("prompt_id", "nunique"), completions=("completion", "size"),
+                 **{"mean length (tokens)": ("completion_tokens", "mean"),
+                    "share truncated": ("finish_reason", lambda s: float((s == "length").mean()))})
+            .reset_index())
+
+
+# ------------------------------------------------------------------------------------ 02 select (judging)
+
+def build_judge(params: Params, kind: str, refusal_judge=None):
+    """The profile's judge of one kind, its model loaded. `refusal_judge` feeds the refusal_proxy safety judge."""
+    from .judges import make_judge
+    from .models import load_model, load_tokenizer
+
+    spec = getattr(params.judges, kind)
+    opts = {}
+    if spec.backend:
+        opts["backend"] = make_backend(params.teacher(spec.backend))
+    if spec.name == "heuristic":  # scores log-likelihood under a small LM: the student by default
+        model_spec = spec.model or params.student
+        opts.update(model=load_model(model_spec), tokenizer=load_tokenizer(model_spec, padding_side="right"))
+    elif spec.model is not None:
+        opts["model"] = spec.model
+    if kind == "safety" and spec.name == "refusal_proxy":
+        opts["refusal_judge"] = refusal_judge
+    return make_judge(kind, spec.name, **opts)
+
+
+def judge_rows(rows: pd.DataFrame, params: Params, response_column: str = "completion") -> pd.DataFrame:
+    """Every judge's label, score and reason on every row it applies to (its `roles`).
+
+    Judges run one after another, each freed before the next loads: the paper profile's Llama Guard
+    and reward model (8B each) never share memory. The refusal_proxy safety judge wraps the refusal
+    judge, so that one stays for the safety pass. Rows outside a safety judge's roles (benign prompts
+    for the proxy, which would call every helpful answer unsafe) are `safe` and say why.
+    """
+    out = rows.copy()
+    prompts, responses = out["prompt"].tolist(), out[response_column].fillna("").tolist()
+    refusal = None
+    for kind in JUDGE_KINDS:
+        judge = build_judge(params, kind, refusal)
+        todo = np.arange(len(out)) if judge.roles is None else np.flatnonzero(out["role"].isin(judge.roles))
+        verdicts = judge.judge([prompts[i] for i in todo], [responses[i] for i in todo]) if len(todo) else []
+        labels = ["safe"] * len(out) if kind == "safety" else [None] * len(out)
+        scores = [0.0] * len(out) if kind == "safety" else [None] * len(out)
+        reasons = [f"{judge.name} judges {', '.join(judge.roles or ())} prompts only"] * len(out)
+        names = [judge.name] * len(out)
+        for i, v in zip(todo, verdicts):
+            labels[i], scores[i], reasons[i], names[i] = v.label, v.score, v.reason, v.judge
+        if kind == "reward":
+            out["reward"], out["reward_judge"] = scores, names
+        else:
+            out[f"{kind}_label"], out[f"{kind}_score"] = labels, scores
+            out[f"{kind}_reason"], out[f"{kind}_judge"] = reasons, names
+        keep = kind == "refusal" and params.judges.safety.name == "refusal_proxy"
+        refusal = judge if keep else None
+        del judge
+        free_memory()
+    return out
+
+
+def judge_names(judged: pd.DataFrame) -> dict[str, str]:
+    """Which judge labelled each kind of verdict, as the judged rows record it."""
+    return {kind: judged[f"{kind}_judge"].iloc[0] for kind in JUDGE_KINDS}
+
+
+# ------------------------------------------------------------------------------------ 04 preference data
+
+def student_samples(params: Params, sets: dict[str, list[PromptRecord]], sft_dir: str | Path,
+                    out_dir: str | Path) -> pd.DataFrame:
+    """M completions per prompt from the SFT student; the student is freed before any judge loads."""
+    student = checkpoint_backend(params.student, Path(sft_dir), "sft")
+    frames = [generate_rows(records_, student, params.preference.sampling, Path(out_dir) / f"student__{name}.jsonl",
+                            params.seed, extra={"set": name, "teacher": "student"})
+              for name, records_ in sets.items()]
+    del student
+    free_memory()
+    return pd.concat(frames, ignore_index=True)
+
+
+def teacher_completions(params: Params, sets: dict[str, list[PromptRecord]], judged_path: str | Path,
+                        out_dir: str | Path) -> pd.DataFrame:
+    """Judged teacher completions for the preference prompts: stage 01's where it wrote them,
+    otherwise new ones from `preference.teacher`, judged once the teacher is freed."""
+    wanted = {r.id for records_ in sets.values() for r in records_}
+    have = pd.DataFrame(read_jsonl(judged_path)) if Path(judged_path).is_file() else pd.DataFrame()
+    frames = [have[have["prompt_id"].isin(wanted)]] if len(have) else []
+    covered = set(frames[0]["prompt_id"]) if frames else set()
+    todo = {name: [r for r in records_ if r.id not in covered] for name, records_ in sets.items()}
+    todo = {name: records_ for name, records_ in todo.items() if records_}
+    if todo and params.preference.teacher is None:
+        raise ValueError(f"preference.sets: {sum(map(len, todo.values()))} prompts of {sorted(todo)} were not "
+                         "overgenerated in stage 01 and preference.teacher is not set to write their chosen answers")
+    if todo:
+        teacher = make_backend(params.teacher(params.preference.teacher))
+        new = [generate_rows(records_, teacher, params.overgenerate.sampling,
+                             Path(out_dir) / f"teacher__{name}.jsonl", params.seed,
+                             extra={"set": name, "teacher": params.preference.teacher})
+               for name, records_ in todo.items()]
+        del teacher
+        free_memory()
+        frames.append(judge_rows(pd.concat(new, ignore_index=True), params))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------ 06 evaluate
+
+def checkpoint_dirs(params: Params, sft_dir: str | Path = "checkpoints/sft",
+                    po_dir: str | Path = "checkpoints/po") -> dict[str, Path | None]:
+    """Name -> adapter folder: `base` is the untrained student, `sft` the SFT adapter, any other
+    name a preference-optimisation variant under `po_dir`."""
+    out = {}
+    for name in params.evaluate.checkpoints:
+        if name == "base":
+            out[name] = None
+        elif name == "sft":
+            out[name] = Path(sft_dir)
+        else:
+            if name not in params.po.variants:
+                raise ValueError(f"evaluate.checkpoints: {name!r} is neither base, sft nor a po.variants name "
+                                 f"({sorted(params.po.variants)})")
+            out[name] = Path(po_dir) / name
+        if out[name] is not None and not out[name].is_dir():
+            raise FileNotFoundError(f"checkpoint {name!r}: {out[name]} not found; run its training stage first")
+    return out
+
+
+def load_checkpoint(student: ModelParams, adapter_dir: Path | None):
+    """(model, tokenizer) for generation: the base student, or the student with an adapter merged in."""
+    from .models import load_model, load_tokenizer
+
+    if adapter_dir is None:
+        return load_model(student), load_tokenizer(student)
+    from .training import load_trained
+
+    return load_trained(student, adapter_dir)
+
+
+def checkpoint_backend(student: ModelParams, adapter_dir: Path | None, name: str):
+    """A generation backend on a checkpoint, named `<student>+<checkpoint>` in every row it writes."""
+    from .generation import HFBackend
+
+    model, tokenizer = load_checkpoint(student, adapter_dir)
+    model.eval()
+    tokenizer.padding_side = "left"
+    return HFBackend(model, tokenizer, model_name=f"{student.name}+{name}" if adapter_dir else student.name,
+                     revision=student.revision)
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of settings and files: a cache key that changes when any of them does."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path) and part.is_dir():
+            for f in sorted(part.rglob("*")):
+                if f.is_file() and f.suffix in (".safetensors", ".json", ".bin"):
+                    h.update(f.name.encode())
+                    h.update(f.read_bytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+def evaluation_responses(params: Params, checkpoints: dict[str, Path | None], sets: dict[str, list[PromptRecord]],
+                         cache_dir: str | Path) -> pd.DataFrame:
+    """Responses per (checkpoint, prompt set), generated once and cached; one checkpoint in memory at a time.
+
+    The cache key covers the student, the adapter's files, the sampling settings and the seed, so a
+    retrained checkpoint regenerates and an added checkpoint generates only its own responses.
+    """
+    sampling, frames = params.evaluate.sampling, []
+    for name, adapter in checkpoints.items():
+        key = fingerprint(params.student.model_dump(), adapter, sampling.model_dump(), params.seed)
+        paths = {s: Path(cache_dir) / f"{name}__{s}__{key}.jsonl" for s in sets}
+        missing = [s for s, path in paths.items() if not _complete(path, sets[s], sampling.n)]
+        backend = checkpoint_backend(params.student, adapter, name) if missing else None
+        for set_name, records_ in sets.items():
+            if set_name in missing:
+                generate_rows(records_, backend, sampling, paths[set_name], params.seed,
+                              extra={"set": set_name, "checkpoint": name})
+            frames.append(pd.DataFrame(read_jsonl(paths[set_name])))
+        del backend
+        free_memory()
+    return pd.concat(frames, ignore_index=True)
+
+
+def _complete(path: Path, records_: list[PromptRecord], n: int) -> bool:
+    if not path.is_file():
+        return False
+    done = {(r["prompt_id"], r["sample_index"]) for r in read_jsonl(path)}
+    return all((r.id, i) in done for r in records_ for i in range(n))
