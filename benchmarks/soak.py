@@ -71,10 +71,7 @@ def work_once(kind: str, work: Path, out: Path) -> None:
     """One run of `kind` into `out`, as its notebook calls it; prints `ready` before the work starts."""
     import torch
 
-    try:
-        from porover_lib import stages
-    except ImportError:  # the module's name before it became `stages`
-        from porover_lib import pipeline as stages
+    from porover_lib import stages
     from porover_lib.config import load_params
     from porover_lib.prompts import load_sets
 
