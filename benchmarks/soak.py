@@ -135,22 +135,27 @@ def soak_kind(kind: str, work: Path, kills: int, rng: random.Random, log) -> tup
     finish(kind, proc, log)
     seconds = time.perf_counter() - ready
 
-    out, landed, lines, attempt = work / "soaked" / kind, 0, [], 0
+    out, landed, lines, attempt, total = work / "soaked" / kind, 0, [], 0, rows_on_disk(ref)
     while True:
         attempt += 1
         proc, ready = start(kind, work, out, log)
-        if landed >= kills:
+        done = rows_on_disk(out)
+        if landed >= kills or done >= total:
             finish(kind, proc, log)
             lines.append(f"  {kind} run {attempt}: ran to completion ({rows_on_disk(out)} rows on disk)")
             return landed, seconds, lines
-        # A kill within the work still to do (the uninterrupted time, less the share of rows on disk):
-        # it lands before the end, since each rerun also repeats the loading the reference run timed.
-        delay = rng.uniform(0.1, 0.9) * seconds * (1 - rows_on_disk(out) / rows_on_disk(ref))
+        # A kill within the work still to do, estimated as the uninterrupted time less the share of rows
+        # on disk (each rerun also repeats the loading that the reference run timed).
+        delay = rng.uniform(0.1, 0.6) * seconds * (1 - done / total)
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            if rows_on_disk(out) >= total:
+                lines.append(f"  {kind} run {attempt}: SIGKILL at {delay:5.2f} s after ready, after the last row "
+                             "was written (not counted)")
+                continue
             landed += 1
             torn = tear_last_row(out) if landed == 1 else None
             lines.append(f"  {kind} run {attempt}: SIGKILL at {delay:5.2f} s after ready "
