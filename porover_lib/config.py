@@ -18,6 +18,33 @@ ROLES = ("general", "harmful", "seemingly_toxic")
 Role = Literal["general", "harmful", "seemingly_toxic"]
 
 
+# Keys the sft/po sections set themselves: a `trl:` pass-through may not set them a second time.
+TRAINER_KEYS_OWNED = frozenset({
+    "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs",
+    "max_steps", "max_length", "activation_checkpointing", "gradient_checkpointing", "save_steps", "seed",
+    "data_seed", "bf16", "fp16", "use_cpu", "optim", "warmup_steps", "completion_only_loss", "loss_type",
+    "loss_weights", "beta", "label_smoothing", "precompute_ref_log_probs", "report_to", "logging_steps",
+    "save_strategy", "save_total_limit", "disable_tqdm"})
+
+
+def check_trl_keys(value: dict[str, Any], config_class: str) -> dict[str, Any]:
+    """A `trl:` pass-through names fields of TRL's config class that our own keys do not already set."""
+    if not value:
+        return value
+    import dataclasses
+
+    import trl
+
+    fields = {f.name for f in dataclasses.fields(getattr(trl, config_class))}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise ValueError(f"unknown {config_class} field(s) {unknown} (TRL {trl.__version__})")
+    owned = sorted(set(value) & TRAINER_KEYS_OWNED)
+    if owned:
+        raise ValueError(f"{owned} set by this section's own keys; set them there, not under 'trl'")
+    return value
+
+
 class Strict(BaseModel):
     """Base for every params section: unknown keys are errors, not silently ignored."""
 
@@ -33,6 +60,9 @@ class ModelParams(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_remote_code: bool = False
     load_in_4bit: bool = False  # QLoRA: bitsandbytes nf4 + double quantisation, bf16 compute
+    # None: transformers' choice (sdpa). "eager" trains a small model ~1.4x faster on CPU, where the sdpa
+    # backward is slow (benchmarks/train_throughput.py); "flash_attention_2" needs the flash-attn package
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
 
 
 class PromptSetParams(Strict):
@@ -45,6 +75,15 @@ class PromptSetParams(Strict):
     limit: int | None = Field(default=None, ge=1)
     columns: dict[str, str] = Field(default_factory=dict)  # our field -> column in the file
     label: Literal["safe", "unsafe"] | None = None  # label for files that carry none
+    # source hub: a local copy of the dataset repository (`huggingface-cli download --repo-type dataset
+    # <repo> --local-dir <dir>`), read by `datasets` as the hub copy is; for offline machines and tests
+    local_path: str | None = None
+
+    @model_validator(mode="after")
+    def _local_path_is_for_hub(self) -> PromptSetParams:
+        if self.local_path is not None and self.source != "hub":
+            raise ValueError(f"'local_path' is for source 'hub' (a local copy of a hub dataset), not {self.source!r}")
+        return self
 
 
 class SamplingParams(Strict):
@@ -139,6 +178,13 @@ class SFTParams(Strict):
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     gradient_checkpointing: bool = False
     save_steps: int = Field(default=50, ge=1)  # Trainer checkpoint interval: an interrupted run resumes from it
+    # any other SFTConfig field under TRL's own name, e.g. {train_sampling_strategy: group_by_length}
+    trl: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("trl")
+    @classmethod
+    def _trl_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_trl_keys(value, "SFTConfig")
 
 
 class PreferenceParams(Strict):
@@ -193,6 +239,15 @@ class POParams(Strict):
     max_length: int = Field(default=512, ge=16)
     gradient_checkpointing: bool = False
     save_steps: int = Field(default=50, ge=1)  # Trainer checkpoint interval: an interrupted run resumes from it
+    # one reference pass over the pairs before training instead of one per step (same numbers, ~1/3 less work)
+    precompute_ref_log_probs: bool = True
+    # any other DPOConfig field under TRL's own name, e.g. {rpo_alpha: 1.0}
+    trl: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("trl")
+    @classmethod
+    def _trl_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_trl_keys(value, "DPOConfig")
 
 
 class EvaluateParams(Strict):

@@ -156,6 +156,8 @@ def load_model(spec: ModelParams | str, model_class=None):
     model_class = model_class or AutoModelForCausalLM
     quant = quantization_config(spec)
     kwargs = dict(_hub_kwargs(spec), dtype=pick_dtype(spec))
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": pick_device(spec)}

@@ -9,7 +9,8 @@
   copies that adapter into a frozen adapter named "ref" on the same base and runs the reference forward
   through it (`DPOTrainer.__init__`, `use_adapter`). The extra memory is one LoRA adapter. TRL's other
   PEFT default -- adapters disabled -- would be the pre-SFT base, the wrong reference here;
-  `precompute_ref_log_probs` would also be right but adds a pass and an on-disk cache.
+  With `po.precompute_ref_log_probs` (default) that reference scores every pair once before training
+  instead of once per step.
 * QLoRA when `student.load_in_4bit`: nf4 + double quantisation + bf16 compute (`models.load_model`),
   `peft.prepare_model_for_kbit_training`, paged 8-bit AdamW on CUDA (plain AdamW on CPU, logged).
 
@@ -98,8 +99,26 @@ def _precision_and_optim(model, student: ModelParams, log: Log) -> dict:
     return kwargs
 
 
+def score_labelled_positions_only(enabled: bool = True) -> None:
+    """Make TRL's fused LM head score only labelled positions on every device, as it does on CUDA.
+
+    Off-GPU, TRL 1.16 scores every position (fixed tile shapes for compiled backends such as Neuron)
+    and masks the prompt and padding afterwards: on CPU that is a third of an SFT step spent on
+    log-probabilities, entropies and top-1 flags nobody reads. The losses are identical either way
+    (tests/test_training.py checks it); `enabled=False` restores TRL's choice (the benchmark's baseline).
+    """
+    from trl.trainer import utils
+
+    if not hasattr(utils, "_use_triton"):
+        return  # a TRL without the switch: its own choice stands
+    if not hasattr(utils, "_trl_use_triton"):
+        utils._trl_use_triton = utils._use_triton
+    utils._use_triton = (lambda device: device.type in ("cpu", "cuda", "xpu")) if enabled else utils._trl_use_triton
+
+
 def _common_args(params: SFTParams | POParams, seed: int, ckpt_dir: Path) -> dict:
-    return dict(
+    score_labelled_positions_only()
+    return dict(**params.trl,
         output_dir=str(ckpt_dir), per_device_train_batch_size=params.batch_size,
         gradient_accumulation_steps=params.grad_accum, learning_rate=params.learning_rate,
         num_train_epochs=params.epochs, max_steps=params.max_steps, max_length=params.max_length,
@@ -252,7 +271,8 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
     args = DPOConfig(**_common_args(params, seed, Path(output_dir) / "checkpoints"),
                      **_precision_and_optim(model, student, log),
                      loss_type=list(variant.loss_type), loss_weights=variant.loss_weights, beta=variant.beta,
-                     label_smoothing=variant.label_smoothing)
+                     label_smoothing=variant.label_smoothing,
+                     precompute_ref_log_probs=params.precompute_ref_log_probs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[_log_callback(log)])
     if "ref" not in trainer.model.peft_config:

@@ -86,6 +86,38 @@ def test_sft_labels_are_masked_exactly_on_the_prompt(tokenizer, tmp_path):
         assert tokenizer.decode(full[n_prompt:]) == row["messages"][1]["content"] + "<|im_end|>\n"
 
 
+def test_scoring_labelled_positions_only_leaves_the_loss_and_gradients_unchanged(tokenizer, tmp_path):
+    """The CPU speed-up: TRL's fused head skips unlabelled positions; loss and LoRA gradients stay the same."""
+    from porover_lib.training import score_labelled_positions_only
+
+    trainer, _ = build_sft_trainer(ROWS, ModelParams(**FP32_CPU), SFTParams(lora=LORA), tmp_path, seed=0,
+                                   log=QUIET, model=tiny(tokenizer), tokenizer=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert (batch["labels"] == -100).any()  # prompt positions exist to be skipped
+
+    def loss_and_grads(labelled_only):
+        score_labelled_positions_only(labelled_only)
+        trainer.model.zero_grad()
+        loss = trainer.model(**batch, fused_lm_head=True).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
+
+    try:
+        every, labelled = loss_and_grads(False), loss_and_grads(True)
+    finally:
+        score_labelled_positions_only(True)
+    assert labelled[0] == pytest.approx(every[0], rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(labelled[1], every[1]))
+
+
+def test_trl_pass_through_takes_trl_names_and_refuses_ours():
+    assert SFTParams(trl={"train_sampling_strategy": "group_by_length"}).trl
+    with pytest.raises(ValueError, match="unknown SFTConfig field"):
+        SFTParams(trl={"not_a_field": 1})
+    with pytest.raises(ValueError, match="set them there"):
+        POParams(trl={"learning_rate": 1e-5})
+
+
 def test_sft_memorises_and_saves_everything(tokenizer, tmp_path):
     student = ModelParams(**FP32_CPU)
     params = SFTParams(max_steps=30, learning_rate=1e-2, batch_size=4, lora=LORA)
