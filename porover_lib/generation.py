@@ -171,24 +171,48 @@ class HFBackend:
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, sampler) -> list[Completion]:
-        from transformers import GenerationConfig, LogitsProcessorList
+        """Decode a batch: each distinct prompt is prefilled once and its cache copied to its samples;
+        rows that reached an end token leave the batch, so the last long answer runs alone.
 
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        Greedy picks the most likely token; with a sampler, the token it drew (see NucleusSampler).
+        """
+        device = self.model.device
+        distinct = list(dict.fromkeys(map(tuple, prompts)))
+        width = max(map(len, distinct))
+        ids = torch.full((len(distinct), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):  # left padding: every row ends where generation starts
+        for row, prompt in enumerate(distinct):  # left padding: every row ends where generation starts
             ids[row, width - len(prompt):] = torch.tensor(prompt)
             mask[row, width - len(prompt):] = 1
-        device = self.model.device
-        # Greedy decoding; with a sampler, the greedy pick is the token the sampler drew.
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
-                                  eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                                  logits_processor=LogitsProcessorList([sampler] if sampler else []))
+        ids, mask = ids.to(device), mask.to(device)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
+        rows = torch.tensor([distinct.index(tuple(p)) for p in prompts], device=device)
+        cache = out.past_key_values
+        cache.batch_select_indices(rows)
+        logits, mask, position = out.logits[rows, -1].float(), mask[rows], position[rows, -1:]
+        alive = torch.arange(len(prompts), device=device)  # the batch row each live row belongs to
+        stop = torch.tensor(self.eos_ids, device=device)
+        tokens: list[list[int]] = [[] for _ in prompts]
+        for step in range(max_new_tokens):
+            chosen = (sampler(None, logits) if sampler else logits).argmax(-1)
+            for row, token in zip(alive.tolist(), chosen.tolist()):
+                tokens[row].append(token)
+            running = (~torch.isin(chosen, stop)).nonzero().squeeze(-1)
+            if step == max_new_tokens - 1 or running.numel() == 0:
+                break
+            if running.numel() < len(alive):
+                cache.batch_select_indices(running)
+                alive, chosen, mask, position = alive[running], chosen[running], mask[running], position[running]
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=-1)
+            position = position + 1
+            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position,
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
         completions = []
-        for prompt, tokens in zip(prompts, out[:, width:].tolist()):
-            end = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
-            finish, kept, count = ("length", tokens, len(tokens)) if end is None else ("stop", tokens[:end], end + 1)
+        for prompt, generated in zip(prompts, tokens):
+            end = next((k for k, t in enumerate(generated) if t in self.eos_ids), None)
+            finish, kept, count = ("length", generated, len(generated)) if end is None else ("stop", generated[:end], end + 1)
             text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
             completions.append(Completion(text, finish, len(prompt), count))
         return completions

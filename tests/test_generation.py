@@ -58,6 +58,30 @@ def test_batched_greedy_equals_one_prompt_at_a_time(hf):
     assert batched == single
 
 
+def test_greedy_decoding_matches_transformers_generate(tokenizer):
+    """Our decode loop (shared prefill, finished rows dropped) writes what `model.generate` writes."""
+    model, tok = tiny_model(tokenizer, seed=3)
+    hf = HFBackend(model, tok, "tiny")
+    prompts = [record(i) for i in range(5)]
+
+    def ids_of(prompt):
+        return tok(hf.render([{"role": "user", "content": prompt.prompt}]), add_special_tokens=False,
+                   return_tensors="pt")["input_ids"]
+
+    # the 4th token prompt 0 writes becomes an end token, so at least that row leaves the batch mid-way
+    first = model.generate(ids_of(prompts[0]), max_new_tokens=4, do_sample=False, pad_token_id=hf.pad_id)
+    hf.eos_ids = [*hf.eos_ids, int(first[0, -1])]
+    ours = hf.generate(prompts, SamplingParams(n=2, max_new_tokens=12, batch_size=10), seed=0)
+    assert ours[0][0].finish_reason == "stop" and ours[0][0].completion_tokens <= 4
+    for prompt, completions in zip(prompts, ours):
+        ids = ids_of(prompt)
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=hf.eos_ids, pad_token_id=hf.pad_id)
+        tokens = out[0, ids.shape[1]:].tolist()
+        end = next((k for k, t in enumerate(tokens) if t in hf.eos_ids), len(tokens))
+        assert completions[0] == completions[1]
+        assert completions[0].text == tok.decode(tokens[:end], skip_special_tokens=True).strip()
+
+
 def test_sampling_is_seeded(hf):
     sampling = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8)
     prompts = [record(i) for i in range(2)]
