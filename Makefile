@@ -37,9 +37,13 @@ reproduce: check profile
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/pytest -q
 
+# Speed and memory ratios, each measured in one run (never timed tests); about 20 minutes on 2 cores.
 bench: setup
+	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/overgen_throughput.py
+	$(PY) benchmarks/qlora_memory.py
 	$(PY) benchmarks/memory_table.py
+	$(PY) benchmarks/soak.py
 
 clean-venv:
 	rm -rf $(VENV)
