@@ -8,7 +8,7 @@
   second model: given a `PeftModel` that already carries an adapter and no `ref_model`, TRL 1.16
   copies that adapter into a frozen adapter named "ref" on the same base and runs the reference forward
   through it (`DPOTrainer.__init__`, `use_adapter`). The extra memory is one LoRA adapter. TRL's other
-  PEFT default -- adapters disabled -- would be the pre-SFT base, the wrong reference here;
+  PEFT default -- adapters disabled -- would be the pre-SFT base, the wrong reference here.
   With `po.precompute_ref_log_probs` (default) that reference scores every pair once before training
   instead of once per step.
 * QLoRA when `student.load_in_4bit`: nf4 + double quantisation + bf16 compute (`models.load_model`),
