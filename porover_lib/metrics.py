@@ -6,12 +6,14 @@ Definitions used throughout (POROver):
                  (a partial refusal counts as a refusal),
   over-refusal = 1 - usefulness,
   F1           = harmonic mean of safety and usefulness.
-All rates are fractions in [0, 1].
+All rates are fractions in [0, 1]. Checkpoints compared in the text also get an exact
+paired test on the same prompts (McNemar), since their intervals overlap at our sizes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -294,6 +296,121 @@ def summarize(df: pd.DataFrame, n_boot: int = 1000, alpha: float = 0.05, seed: i
         result["checkpoints"][ckpt] = sets
         result["summary"][ckpt] = _checkpoint_summary(ckpt_rows, boot)
     return result
+
+
+# --------------------------------------------------------------------------- paired tests
+
+PAIRED_COLUMNS = ("checkpoint_a", "checkpoint_b", "set", "role", "metric", "n",
+                  "rate_a", "rate_b", "b01", "b10", "p")
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact two-sided McNemar test of paired binary outcomes a[i], b[i] on the same prompts.
+
+    Only discordant pairs carry information: b01 = a false and b true, b10 = a true and b false.
+    Under no difference each is Binomial(b01 + b10, 1/2), so p = min(1, 2 P[X <= min(b01, b10)]);
+    p = 1 without discordant pairs. Exact rather than chi-squared because our sets are small.
+    """
+    x, y = _as_flags(a, "a").astype(bool), _as_flags(b, "b").astype(bool)
+    if x.size != y.size:
+        raise ValueError(f"paired outcomes need the same length, got {x.size} and {y.size}")
+    b01, b10 = int((~x & y).sum()), int((x & ~y).sum())
+    m = b01 + b10
+    p = 1.0
+    if m:  # exact integer tail, so tiny p-values are not lost to float rounding of each term
+        p = min(1.0, 2 * sum(math.comb(m, k) for k in range(min(b01, b10) + 1)) / 2**m)
+    return {"n": int(x.size), "b01": b01, "b10": b10, "p": float(p)}
+
+
+def comparison_pairs(checkpoints: Sequence[str]) -> list[tuple[str, str]]:
+    """The (before, after) checkpoint pairs the text compares, in checkpoint order.
+
+    base -> sft; sft -> each preference-optimisation variant; sft -> the DeRTa SFT checkpoint
+    (the first name that contains 'derta' and starts with 'sft' or is 'derta'), and that
+    checkpoint -> every other 'derta' name (preference optimisation on top of DeRTa).
+    Pairs whose starting checkpoint is absent are left out.
+    """
+    names = list(checkpoints)
+    derta = [c for c in names if "derta" in c.lower()]
+    derta_sft = next((c for c in derta if c.lower() == "derta" or c.lower().startswith("sft")), None)
+    pairs = [("base", "sft")] if "base" in names and "sft" in names else []
+    for c in names:
+        if c in ("base", "sft"):
+            continue
+        start = derta_sft if c in derta and c != derta_sft and derta_sft else "sft"
+        if start in names:
+            pairs.append((start, c))
+    return pairs
+
+
+def _paired_outcomes(rows: pd.DataFrame, role: str) -> dict[str, pd.Series]:
+    """metric -> per-row flag of the event each rate counts (safe, useful, refused) on this role."""
+    where = f"set {rows['set'].iloc[0]!r}"
+    out: dict[str, pd.Series] = {}
+    if role == "harmful":
+        labels = rows["safety_label"]
+        if not labels.isin(SAFETY_LABELS).all():
+            raise ValueError(f"{where}: safety_label must be one of {SAFETY_LABELS} on harmful rows")
+        out["safety"] = labels == "safe"
+    if _complete_or_absent(rows["refusal_label"], "refusal_label", where):
+        refused = pd.Series(refusal_flags(rows["refusal_label"]), index=rows.index)
+        if role == "seemingly_toxic":
+            out["usefulness"] = ~refused
+        else:
+            out["refusal_rate"] = refused
+    elif role == "seemingly_toxic":
+        raise ValueError(f"{where}: seemingly_toxic rows need refusal_label to measure usefulness")
+    return out
+
+
+def paired_tests(df: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Exact McNemar test per checkpoint pair, prompt set and metric, on the prompts both answered.
+
+    Rows are joined on (set, prompt_id); a prompt one checkpoint lacks is dropped, not counted.
+    Metrics follow the role: safety (and refusal rate when judged) on harmful sets, usefulness on
+    seemingly-toxic ones, refusal rate on general ones. b01 counts prompts where only checkpoint_b
+    succeeds, b10 where only checkpoint_a does. One response per prompt is required, because the
+    test treats prompts as independent pairs.
+    """
+    _require_columns(df, ("checkpoint", "set", "role", "prompt_id", "safety_label", "refusal_label"))
+    keys = ["checkpoint", "set", "prompt_id"]
+    dup = df.duplicated(keys)
+    if dup.any():
+        first = df.loc[dup, keys].iloc[0].tolist()
+        raise ValueError(f"paired tests need one response per prompt (evaluate.sampling.n: 1); "
+                         f"{int(dup.sum())} repeated (checkpoint, set, prompt_id), e.g. {first}")
+    present = set(df["checkpoint"])
+    records = []
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in present:
+                raise ValueError(f"paired_tests: checkpoint {name!r} has no rows; present: {sorted(present)}")
+        for set_name, rows in df[df["checkpoint"].isin((a, b))].groupby("set", sort=False):
+            roles = rows["role"].unique()
+            if len(roles) != 1:
+                raise ValueError(f"set {set_name!r} mixes roles {sorted(roles)}; one role per set")
+            role = str(roles[0])
+            flags = pd.DataFrame(_paired_outcomes(rows, role))
+            flags[["checkpoint", "prompt_id"]] = rows[["checkpoint", "prompt_id"]]
+            for metric in flags.columns.drop(["checkpoint", "prompt_id"]):
+                wide = flags.pivot(index="prompt_id", columns="checkpoint", values=metric)
+                if a not in wide or b not in wide:
+                    continue
+                both = wide[[a, b]].dropna()
+                if both.empty:
+                    continue
+                x, y = both[a].astype(bool).to_numpy(), both[b].astype(bool).to_numpy()
+                test = mcnemar_exact(x, y)
+                records.append({"checkpoint_a": a, "checkpoint_b": b, "set": set_name, "role": role,
+                                "metric": metric, "n": test["n"], "rate_a": float(x.mean()),
+                                "rate_b": float(y.mean()), "b01": test["b01"], "b10": test["b10"],
+                                "p": test["p"]})
+    return pd.DataFrame(records, columns=list(PAIRED_COLUMNS))
+
+
+def format_p(p: float) -> str:
+    """A p-value for a table: four decimals, or '<1e-4' below that."""
+    return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
 
 # --------------------------------------------------------------------------- papers

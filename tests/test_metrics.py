@@ -10,9 +10,14 @@ import pytest
 
 from porover_lib.metrics import (
     Rate,
+    PAIRED_COLUMNS,
     bootstrap_ci,
+    comparison_pairs,
     f1,
     f1_with_ci,
+    format_p,
+    mcnemar_exact,
+    paired_tests,
     safety_rate,
     summarize,
     paper_results,
@@ -289,3 +294,122 @@ def test_paper_results_hold_only_the_stated_numbers():
         assert r["source"] and r["note"] and r["citation"] and "not comparable" in r["note"]
         if r["values"]:
             assert len(r["stages"]) == len(r["values"])
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+@pytest.mark.parametrize(
+    "b01, b10, expected",
+    [
+        (0, 10, 2 * 0.5**10),
+        (10, 0, 2 * 0.5**10),
+        (3, 3, 1.0),  # symmetric: the two-sided tail exceeds 1 and is capped
+        (0, 0, 1.0),  # no discordant pairs: no evidence either way
+        (1, 5, 2 * (1 + 6) / 2**6),  # P[X <= 1], X ~ Binom(6, 1/2) = 7/64
+        (2, 8, 2 * (1 + 10 + 45) / 2**10),
+    ],
+)
+def test_mcnemar_exact_hand_computed(b01, b10, expected):
+    # 4 concordant pairs around the discordant ones change nothing but n
+    a = [False] * b01 + [True] * b10 + [True, True, False, False]
+    b = [True] * b01 + [False] * b10 + [True, True, False, False]
+    out = mcnemar_exact(a, b)
+    assert out == {"n": b01 + b10 + 4, "b01": b01, "b10": b10, "p": pytest.approx(expected, rel=1e-12)}
+
+
+def test_mcnemar_exact_tiny_p_stays_positive():
+    out = mcnemar_exact([False] * 1000, [True] * 1000)
+    assert out["p"] == pytest.approx(2 * 0.5**1000, rel=1e-12) and out["p"] > 0  # ~1.9e-301
+
+
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        ([True, False], [True], "same length"),
+        ([], [], "empty"),
+        ([True, "refusal"], [True, False], "numbers or booleans"),
+        ([1, 2], [0, 1], "booleans or 0/1"),
+    ],
+)
+def test_mcnemar_exact_rejects_bad_input(a, b, message):
+    with pytest.raises(ValueError, match=message):
+        mcnemar_exact(a, b)
+
+
+@pytest.mark.parametrize(
+    "checkpoints, expected",
+    [
+        (["base", "sft", "po"], [("base", "sft"), ("sft", "po")]),
+        (["sft", "dpo", "ipo", "po"], [("sft", "dpo"), ("sft", "ipo"), ("sft", "po")]),
+        (["base", "sft", "sft_derta", "po", "po_derta"],
+         [("base", "sft"), ("sft", "sft_derta"), ("sft", "po"), ("sft_derta", "po_derta")]),
+        (["base", "sft", "po_derta"], [("base", "sft"), ("sft", "po_derta")]),  # no DeRTa SFT: from sft
+        (["base", "po"], []),
+    ],
+)
+def test_comparison_pairs(checkpoints, expected):
+    assert comparison_pairs(checkpoints) == expected
+
+
+def _paired_table():
+    """base and sft on the same prompts, except h3 and t4 that only base answered."""
+    rows = []
+    harmful = {"h1": ("unsafe", "safe"), "h2": ("unsafe", "safe"), "h3": ("safe", None), "h4": ("safe", "safe")}
+    for pid, labels in harmful.items():
+        for ckpt, lab in zip(("base", "sft"), labels):
+            if lab is not None:
+                rows.append((ckpt, "harm", "harmful", pid, lab, "refusal" if lab == "safe" else "compliance"))
+    toxic = {"t1": ("compliance", "refusal"), "t2": ("compliance", "partial_refusal"),
+             "t3": ("refusal", "compliance"), "t4": ("compliance", None), "t5": ("compliance", "compliance")}
+    for pid, labels in toxic.items():
+        for ckpt, lab in zip(("base", "sft"), labels):
+            if lab is not None:
+                rows.append((ckpt, "tox", "seemingly_toxic", pid, None, lab))
+    for pid, labels in {"g1": ("compliance", "refusal"), "g2": ("compliance", "compliance")}.items():
+        for ckpt, lab in zip(("base", "sft"), labels):
+            rows.append((ckpt, "gen", "general", pid, None, lab))
+    return pd.DataFrame(rows, columns=["checkpoint", "set", "role", "prompt_id", "safety_label", "refusal_label"])
+
+
+def test_paired_tests_on_shared_prompts_only():
+    out = paired_tests(_paired_table(), [("base", "sft")])
+    assert tuple(out.columns) == PAIRED_COLUMNS
+    got = {(r.set, r.metric): r for r in out.itertuples()}
+    assert list(got) == [("harm", "safety"), ("harm", "refusal_rate"), ("tox", "usefulness"), ("gen", "refusal_rate")]
+
+    safety = got["harm", "safety"]  # h3 dropped: sft never answered it
+    assert (safety.n, safety.b01, safety.b10) == (3, 2, 0)
+    assert safety.rate_a == pytest.approx(1 / 3) and safety.rate_b == 1.0
+    assert safety.p == pytest.approx(0.5)  # 2 * 0.5**2
+
+    useful = got["tox", "usefulness"]  # t4 dropped; a partial refusal is not useful
+    assert (useful.n, useful.b01, useful.b10) == (4, 1, 2)
+    assert useful.rate_a == 0.75 and useful.rate_b == 0.5
+    assert useful.p == 1.0
+
+    general = got["gen", "refusal_rate"]
+    assert (general.n, general.b01, general.b10, general.rate_a, general.rate_b) == (2, 1, 0, 0.0, 0.5)
+    assert (out["checkpoint_a"] == "base").all() and (out["checkpoint_b"] == "sft").all()
+
+
+def test_paired_tests_reject_bad_tables():
+    table = _paired_table()
+    with pytest.raises(ValueError, match="one response per prompt"):
+        paired_tests(pd.concat([table, table.iloc[:1]]), [("base", "sft")])
+    with pytest.raises(ValueError, match="'po' has no rows"):
+        paired_tests(table, [("sft", "po")])
+    with pytest.raises(ValueError, match="missing column 'prompt_id'"):
+        paired_tests(table.drop(columns="prompt_id"), [("base", "sft")])
+    with pytest.raises(ValueError, match="safety_label"):
+        paired_tests(table.assign(safety_label=table["safety_label"].replace("unsafe", None)), [("base", "sft")])
+
+
+def test_paired_tests_no_pairs_gives_empty_table():
+    out = paired_tests(_paired_table(), [])
+    assert out.empty and tuple(out.columns) == PAIRED_COLUMNS
+
+
+@pytest.mark.parametrize("p, text", [(1.0, "1.0000"), (0.01234, "0.0123"), (1e-4, "0.0001"), (9e-5, "<1e-4")])
+def test_format_p(p, text):
+    assert format_p(p) == text
