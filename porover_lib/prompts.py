@@ -54,13 +54,16 @@ class HubSource:
     role: str | None = None  # None: from each row's label (unsafe -> harmful, safe -> seemingly_toxic)
     label: str | None = None
     template: str | None = None  # e.g. Alpaca joins instruction and input
+    # read this file of the repository directly, for repositories whose loading script datasets >= 4 refuses
+    data_file: str | None = None
 
 
 HUB_SOURCES: dict[str, HubSource] = {
     "alpaca": HubSource("tatsu-lab/alpaca", None, "train", {"prompt": "instruction"}, "general", "safe",
                         template="{instruction}\n\n{input}"),
-    "alpaca_eval": HubSource("tatsu-lab/alpaca_eval", "alpaca_eval", "eval",
-                             {"prompt": "instruction", "category": "dataset"}, "general", "safe"),
+    "alpaca_eval": HubSource("tatsu-lab/alpaca_eval", "alpaca_eval", "train",
+                             {"prompt": "instruction", "category": "dataset"}, "general", "safe",
+                             data_file="alpaca_eval.json"),
     "or-bench-80k": HubSource("bench-llm/or-bench", "or-bench-80k", "train",
                               {"prompt": "prompt", "category": "category"}, "seemingly_toxic", "safe"),
     "or-bench-hard-1k": HubSource("bench-llm/or-bench", "or-bench-hard-1k", "train",
@@ -169,14 +172,21 @@ def load_file(path: str | Path, columns: dict[str, str] | None = None, role: str
     return normalise(read_table(path), "file", str(path), columns, role, label)
 
 
-def load_hub(name: str, revision: str | None = None) -> list[PromptRecord]:
-    """Load a benchmark from the hub through `datasets` (real runs only; never in tests)."""
+def load_hub(name: str, revision: str | None = None, local_path: str | None = None) -> list[PromptRecord]:
+    """Load a benchmark from the hub through `datasets`, or from `local_path`, a local copy of its
+    repository read the same way (the ids and provenance stay the hub's)."""
     if name not in HUB_SOURCES:
         raise PromptSourceError(f"unknown hub prompt set {name!r}; known: {sorted(HUB_SOURCES)}")
     import datasets
 
     src = HUB_SOURCES[name]
-    data = datasets.load_dataset(src.path, src.config, split=src.split, revision=revision)
+    if src.data_file:
+        root = local_path or f"hf://datasets/{src.path}@{revision or 'main'}"
+        data = datasets.load_dataset(Path(src.data_file).suffix.lstrip("."), data_files=f"{root}/{src.data_file}",
+                                     split=src.split)
+    else:
+        data = datasets.load_dataset(local_path or src.path, src.config, split=src.split,
+                                     revision=None if local_path else revision)
     return normalise(data, f"hub:{src.path}", f"{src.path}[{src.config or ''}:{src.split}]",
                      src.columns, src.role, src.label, src.template)
 
@@ -186,7 +196,7 @@ def load_prompt_set(spec: PromptSetParams) -> list[PromptRecord]:
     if spec.source == "embedded":
         records = load_embedded(spec.name)
     elif spec.source == "hub":
-        records = load_hub(spec.name)
+        records = load_hub(spec.name, local_path=spec.local_path)
     else:
         records = load_file(spec.name, spec.columns, spec.role, spec.label)
     if spec.split != "all":

@@ -38,7 +38,8 @@ def tiny_model(tokenizer=None, layers: int = 2, hidden: int = 64, seed: int = 0,
         bos_token_id=tokenizer.bos_token_id, num_labels=1,
     )
     model = (model_class or LlamaForCausalLM)(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:  # classifiers have none
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
