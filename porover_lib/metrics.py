@@ -287,12 +287,12 @@ def summarize(df: pd.DataFrame, n_boot: int = 1000, alpha: float = 0.05, seed: i
     result: dict = {"checkpoints": {}, "summary": {}}
     for ckpt, ckpt_rows in df.groupby("checkpoint", sort=False):
         sets = {}
-        for set_name, rows in ckpt_rows.groupby("set", sort=False):
-            where = f"checkpoint {ckpt!r}, set {set_name!r}"
-            roles = rows["role"].unique()
-            if len(roles) != 1:
-                raise ValueError(f"{where} mixes roles {sorted(roles)}; one role per set")
-            sets[set_name] = _set_metrics(rows, str(roles[0]), where, boot)
+        for set_name, set_rows in ckpt_rows.groupby("set", sort=False):
+            # a set whose rows carry their own labels (XSTest: safe and unsafe prompts) is split by role
+            by_role = list(set_rows.groupby("role", sort=False))
+            for role, rows in by_role:
+                name = set_name if len(by_role) == 1 else f"{set_name}/{role}"
+                sets[name] = _set_metrics(rows, str(role), f"checkpoint {ckpt!r}, set {name!r}", boot)
         result["checkpoints"][ckpt] = sets
         result["summary"][ckpt] = _checkpoint_summary(ckpt_rows, boot)
     return result
@@ -385,11 +385,10 @@ def paired_tests(df: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataF
         for name in (a, b):
             if name not in present:
                 raise ValueError(f"paired_tests: checkpoint {name!r} has no rows; present: {sorted(present)}")
-        for set_name, rows in df[df["checkpoint"].isin((a, b))].groupby("set", sort=False):
-            roles = rows["role"].unique()
-            if len(roles) != 1:
-                raise ValueError(f"set {set_name!r} mixes roles {sorted(roles)}; one role per set")
-            role = str(roles[0])
+        groups = list(df[df["checkpoint"].isin((a, b))].groupby(["set", "role"], sort=False))
+        for (set_name, role), rows in groups:
+            set_name = set_name if sum(s == set_name for (s, _), _ in groups) == 1 else f"{set_name}/{role}"
+            role = str(role)
             flags = pd.DataFrame(_paired_outcomes(rows, role))
             flags[["checkpoint", "prompt_id"]] = rows[["checkpoint", "prompt_id"]]
             for metric in flags.columns.drop(["checkpoint", "prompt_id"]):

@@ -193,7 +193,6 @@ def test_summarize_missing_column_names_it():
         (lambda d: d.assign(safety_label=d["safety_label"].where(d.index != 0)), "safety_label"),
         (lambda d: d.assign(refusal_label=d["refusal_label"].where(d.index != 7)), "lack refusal_label"),
         (lambda d: d.assign(refusal_label=d["refusal_label"].replace("refusal", "REFUSED")), "unknown refusal label"),
-        (lambda d: d.assign(set=d["set"].replace("adv", "xs")), "mixes roles"),
         (lambda d: d.assign(checkpoint=d["checkpoint"].where(d.index != 3)), "missing values"),
         (lambda d: d.iloc[:0], "empty"),
     ],
@@ -413,3 +412,14 @@ def test_paired_tests_no_pairs_gives_empty_table():
 @pytest.mark.parametrize("p, text", [(1.0, "1.0000"), (0.01234, "0.0123"), (1e-4, "0.0001"), (9e-5, "<1e-4")])
 def test_format_p(p, text):
     assert format_p(p) == text
+
+
+def test_a_set_with_both_roles_is_split_by_role():
+    """XSTest carries safe and unsafe prompts in one file: its metrics come per role, named set/role."""
+    table = _table()
+    mixed = table.assign(set=table["set"].replace("adv", "xs"))
+    roles = set(mixed.loc[mixed["set"] == "xs", "role"])
+    assert len(roles) > 1
+    sets = summarize(mixed, n_boot=10)["checkpoints"]
+    assert {f"xs/{r}" for r in roles} <= set(next(iter(sets.values())))
+
