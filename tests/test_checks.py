@@ -68,9 +68,9 @@ BAD = {  # kind of mistake -> (profile body, the line `porover check` must print
                                "teachers.api.api_key_env = 'POROVER_UNSET_KEY': environment variable is not set"),
     "server URL malformed": ("teachers: {api: {kind: openai, api_model: m, base_url: 'localhost:8000/v1'}}\n",
                              "teachers.api.base_url = 'localhost:8000/v1': not an http(s) URL"),
-    "unknown evaluated checkpoint": ("evaluate: {checkpoints: [base, sft, dpo]}\n",
-                                     "evaluate.checkpoints[2] = 'dpo': not a checkpoint; known: base, sft and "
-                                     "the po.variants names ['po']"),
+    "unknown evaluated checkpoint": ("evaluate: {checkpoints: [base, sft, ipo]}\n",
+                                     "evaluate.checkpoints[2] = 'ipo': not a checkpoint; known: base, sft and "
+                                     "the po.variants names ['dpo', 'po']"),
     "4-bit without a GPU": ("student: {load_in_4bit: true}\n",
                             "student.load_in_4bit = True: needs a CUDA GPU and none is visible"),
     "cuda without a GPU": ("judges: {safety: {name: llama_guard, model: {name: embedded:smollm2-135m-instruct, "
@@ -113,7 +113,7 @@ def test_several_problems_one_line_each(tmp_path, capsys, monkeypatch, no_cuda):
 def test_a_set_key_passes_and_is_never_printed(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("POROVER_SET_KEY", SECRET)
     path = write_profile(tmp_path, "teachers: {api: {kind: openai, api_model: gpt-4o, api_key_env: POROVER_SET_KEY}}\n"
-                                   "evaluate: {checkpoints: [base, dpo]}\n")
+                                   "evaluate: {checkpoints: [base, ipo]}\n")
     code, lines = run_check(path, capsys)
     assert code == 1 and len(lines) == 2 and "evaluate.checkpoints[1]" in lines[1]  # the key is fine
     assert SECRET not in "\n".join(lines)
