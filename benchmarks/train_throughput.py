@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from porover_lib.config import LoraParams, ModelParams, POParams, POVariantParams, SamplingParams, SFTParams
-from porover_lib.generation import HFBackend, record_messages
+from porover_lib.backends import record_messages
+from porover_lib.generation import HFBackend
 from porover_lib.models import load_model, load_tokenizer
 from porover_lib.prompts import load_embedded
 from porover_lib.training import build_po_trainer, build_sft_trainer, score_labelled_positions_only

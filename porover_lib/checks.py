@@ -164,7 +164,7 @@ def _models(params: Params, hub: HubLookup | None):
 
 
 def _teachers(params: Params):
-    from .generation import is_loopback
+    from .backends import is_loopback
 
     for name, teacher in params.teachers.items():
         if teacher.kind != "openai":

@@ -158,9 +158,9 @@ def _server_backend(args: argparse.Namespace):
     if not args.api_model:
         raise CLIError("--base-url needs --api-model (the model name the server serves)")
     try:
-        from .generation import GenerationError, OpenAIBackend
+        from .backends import GenerationError, OpenAIBackend
     except ImportError as err:
-        raise CLIError(f"the server backend is unavailable (porover_lib.generation.OpenAIBackend: {err})") from None
+        raise CLIError(f"the server backend is unavailable (porover_lib.backends.OpenAIBackend: {err})") from None
     try:
         return OpenAIBackend(base_url=args.base_url, model=args.api_model, api_key_env=args.api_key_env,
                              max_concurrency=args.max_concurrency, timeout=args.timeout, max_retries=args.max_retries)

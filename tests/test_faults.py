@@ -9,7 +9,8 @@ import pytest
 from servers import FAULTS, ChatServer, faulty_responder, random_faults_responder
 
 from porover_lib.config import SamplingParams
-from porover_lib.generation import GenerationError, OpenAIBackend, overgenerate
+from porover_lib.backends import GenerationError, OpenAIBackend
+from porover_lib.generation import overgenerate
 from porover_lib.prompts import PromptRecord
 
 KEY_ENV = "POROVER_TEST_FAULT_KEY"

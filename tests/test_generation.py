@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from porover_lib.config import BackendParams, ModelParams, SamplingParams
-from porover_lib.generation import (
-    GenerationError, HFBackend, NucleusSampler, ReferenceBackend, make_backend, overgenerate, vllm_engine_kwargs,
-    vllm_sampling_kwargs,
-)
+from porover_lib.backends import GenerationError, ReferenceBackend, vllm_engine_kwargs, vllm_sampling_kwargs
+from porover_lib.generation import HFBackend, NucleusSampler, make_backend, overgenerate
 from porover_lib.io import JsonlError, append_jsonl, read_jsonl, repair_jsonl_tail, write_jsonl
 from porover_lib.prompts import PromptRecord
 from tiny import save_tiny_model, tiny_model
@@ -133,7 +131,7 @@ def test_system_prompt_replaces_the_template_default(hf):
     default = hf.render([{"role": "user", "content": "q"}])
     assert "SmolLM" in default  # SmolLM2's template injects its own system prompt when none is given
     sampling = SamplingParams(max_new_tokens=2, system_prompt="You are POROver's careful assistant.")
-    from porover_lib.generation import record_messages
+    from porover_lib.backends import record_messages
 
     ours = hf.render(record_messages(record(1), sampling.system_prompt))
     assert "POROver's careful assistant" in ours and "SmolLM" not in ours

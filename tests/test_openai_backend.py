@@ -8,7 +8,8 @@ import torch
 from servers import HANG, ChatServer, echo_text, faulty_responder, model_responder
 
 from porover_lib.config import BackendParams, SamplingParams
-from porover_lib.generation import GenerationError, HFBackend, OpenAIBackend, make_backend, mix_seed
+from porover_lib.backends import GenerationError, OpenAIBackend, mix_seed
+from porover_lib.generation import HFBackend, make_backend
 from tiny import tiny_model
 from porover_lib.prompts import PromptRecord
 

@@ -19,7 +19,8 @@ from servers import ChatServer, faulty_responder
 
 from porover_lib.cli import main
 from porover_lib.config import load_params
-from porover_lib.generation import GenerationError, make_backend, overgenerate
+from porover_lib.backends import GenerationError
+from porover_lib.generation import make_backend, overgenerate
 from porover_lib.prompts import load_sets
 
 REPO = Path(__file__).resolve().parents[1]
