@@ -71,7 +71,7 @@ class PromptSetParams(Strict):
     source: Literal["embedded", "hub", "file"] = "embedded"
     name: str  # embedded set name, hub table key (see prompts.HUB_SOURCES) or a file path
     role: Role | None = None  # required for hub/file sources without a role in the table
-    split: Literal["train", "eval", "all"] = "all"
+    split: Literal["train", "val", "eval", "all"] = "all"  # val: training prompts kept back for tuning
     limit: int | None = Field(default=None, ge=1)
     columns: dict[str, str] = Field(default_factory=dict)  # our field -> column in the file
     label: Literal["safe", "unsafe"] | None = None  # label for files that carry none
@@ -142,8 +142,16 @@ class SelectParams(Strict):
     # sets whose selected completions become SFT data; others (seemingly-toxic) are overgenerated only
     # to give stage 04 its teacher answers, as in POROver, where they enter through preference pairs
     sets: list[str] = Field(default_factory=list)
-    strategy: Literal["best_of_n", "random", "first"] = "best_of_n"
+    strategy: Literal["best_of_n", "random", "first", "longest"] = "best_of_n"
+    # harmful prompts' pick among safe answers; None: `strategy`. `longest` keeps specific refusals
+    # over stock ones (see selection.py)
+    harmful_strategy: Literal["best_of_n", "random", "first", "longest"] | None = None
+    # per set, the teachers whose completions may become SFT answers (default: every teacher of the set);
+    # e.g. harmful prompts answered by the team's references, the student's own answers kept for DeRTa
+    teachers: dict[str, list[str]] = Field(default_factory=dict)
     min_reward: float | None = None  # optional floor on the reward of a kept general completion
+    # at most this share of SFT rows refuse harmful prompts (a seeded subset); None: all selected rows
+    harmful_share: float | None = Field(default=None, gt=0.0, lt=1.0)
 
 
 class LoraParams(Strict):
@@ -180,11 +188,30 @@ class SFTParams(Strict):
     save_steps: int = Field(default=50, ge=1)  # Trainer checkpoint interval: an interrupted run resumes from it
     # any other SFTConfig field under TRL's own name, e.g. {train_sampling_strategy: group_by_length}
     trl: dict[str, Any] = Field(default_factory=dict)
+    # further adapters trained from the same data, each overriding keys of this block, e.g.
+    # {derta: {objective: derta}}: standard and DeRTa SFT side by side, as the DeRTa paper compares them
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("trl")
     @classmethod
     def _trl_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
         return check_trl_keys(value, "SFTConfig")
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> SFTParams:
+        for name in self.variants:
+            if "variants" in self.variants[name]:
+                raise ValueError(f"sft.variants.{name}: a variant cannot have variants of its own")
+            self.variant(name)
+        return self
+
+    def variant(self, name: str) -> SFTParams:
+        """This block with variant `name`'s overrides applied (and no variants of its own)."""
+        merged = deep_merge(self.model_dump(exclude={"variants"}), self.variants[name])
+        try:
+            return SFTParams.model_validate(merged)
+        except ValidationError as err:
+            raise ValueError(f"sft.variants.{name}: " + "; ".join(_describe(e) for e in err.errors(include_url=False)))
 
 
 class PreferenceParams(Strict):
@@ -209,6 +236,7 @@ class POVariantParams(Strict):
         "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
     loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1)
+    start: str = "sft"  # the SFT adapter it continues and takes as its reference: sft or an sft.variants name
     loss_weights: list[float] | None = None  # one weight per loss type (weighted sum); None: all 1.0
     beta: float = Field(default=0.1, gt=0)
     # robust DPO's label-flip probability (paper: 0.1; with 0 'robust' equals 'sigmoid'); EXO's epsilon
@@ -250,6 +278,16 @@ class POParams(Strict):
         return check_trl_keys(value, "DPOConfig")
 
 
+class AttackParams(Strict):
+    """The completion attack (DeRTa §4): a held-out harmful prompt with the first words of an unsafe
+    answer already in the assistant turn; the checkpoint is safe if its continuation refuses."""
+
+    set: str  # a harmful prompt set of `prompts`, also in evaluate.sets
+    # prefixes are the first words of the base model's own answers to these prompts that were judged
+    # unsafe in this stage, never the prompts' references
+    prefix_words: int = Field(default=12, ge=1, le=200)
+
+
 class EvaluateParams(Strict):
     """Stage 06: responses per (checkpoint, prompt set), judged, with bootstrap CIs."""
 
@@ -257,6 +295,7 @@ class EvaluateParams(Strict):
     checkpoints: list[str] = Field(default_factory=lambda: ["base", "sft", "po"])
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=1, temperature=0.0))
     n_boot: int = Field(default=1000, ge=10)
+    attack: AttackParams | None = None
 
 
 class Params(Strict):
@@ -299,6 +338,10 @@ class Params(Strict):
                     need("teacher", teacher, f"overgenerate.sets.{set_name}", self.teachers)
         for set_name in self.select.sets:
             need("prompt set", set_name, "select.sets", self.overgenerate.sets)
+        for set_name, teachers in self.select.teachers.items():
+            need("prompt set", set_name, "select.teachers", dict.fromkeys(self.select.sets))
+            for teacher in teachers:
+                need("teacher", teacher, f"select.teachers.{set_name}", dict.fromkeys(self.overgen_teachers(set_name)))
         for set_name in self.preference.sets:
             need("prompt set", set_name, "preference.sets", self.prompts)
         if self.preference.teacher not in (None, "reference"):
@@ -307,7 +350,27 @@ class Params(Strict):
             need("prompt set", set_name, "evaluate.sets", self.prompts)
         for judge in (self.judges.refusal, self.judges.safety, self.judges.reward):
             need("teacher", judge.backend, f"judges.{judge.name}.backend", self.teachers)
+        adapters = {"sft": None, **self.sft.variants}
+        for name, variant in self.po.variants.items():
+            need("SFT adapter", variant.start, f"po.variants.{name}.start", adapters)
+        clash = sorted(set(self.sft.variants) & (set(self.po.variants) | {"base", "sft"}))
+        if clash:
+            raise ValueError(f"sft.variants: {clash} also name a po variant or base/sft; checkpoint names must be unique")
+        if "base" in self.po.variants or "sft" in self.po.variants:
+            raise ValueError("po.variants: 'base' and 'sft' are checkpoint names of their own; rename the variant")
+        for name in self.evaluate.checkpoints:
+            need("checkpoint", name, "evaluate.checkpoints", self.checkpoint_starts())
+        if self.evaluate.attack is not None:
+            need("prompt set", self.evaluate.attack.set, "evaluate.attack.set", dict.fromkeys(self.evaluate.sets))
+            if "base" not in self.evaluate.checkpoints:
+                raise ValueError("evaluate.attack: its prefixes come from the base model's answers; "
+                                 "add 'base' to evaluate.checkpoints")
         return self
+
+    def checkpoint_starts(self) -> dict[str, str | None]:
+        """Every checkpoint name -> the checkpoint it was trained from (what the text compares it with)."""
+        return {"base": None, "sft": "base", **dict.fromkeys(self.sft.variants, "sft"),
+                **{name: v.start for name, v in self.po.variants.items()}}
 
     def overgen_teachers(self, set_name: str) -> list[str]:
         teachers = self.overgenerate.sets[set_name]
@@ -324,13 +387,13 @@ class ParamsError(ValueError):
     """A profile that cannot be loaded; the message names file, key, value and what is allowed."""
 
 
-def _merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
         if value is None and isinstance(out.get(key), dict):
             del out[key]  # `key: null` in a child profile removes a section the parent defined
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -353,7 +416,7 @@ def resolve_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     if parent is None:
         return raw
     parent_path = path.parent / (parent if str(parent).endswith(".yaml") else f"{parent}.yaml")
-    return _merge(resolve_raw(parent_path, _seen + (path.resolve(),)), raw)
+    return deep_merge(resolve_raw(parent_path, _seen + (path.resolve(),)), raw)
 
 
 def _describe(err: dict) -> str:

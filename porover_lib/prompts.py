@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -26,6 +26,7 @@ EMBEDDED_SETS = {  # name -> role; label follows from the role
 }
 FIELDS = ("id", "prompt", "category", "label", "split")
 EVAL_SHARE = 0.3  # held-out share for sources that carry no split of their own
+VAL_SHARE = 0.15  # share of the training prompts kept back for tuning (split "val"), never trained on
 
 
 @dataclass
@@ -35,9 +36,10 @@ class PromptRecord:
     source: str
     category: str
     label: str  # "safe" | "unsafe": whether a good assistant should answer
-    split: str  # "train" | "eval"
+    split: str  # "train" | "val" | "eval"
     role: str  # "general" | "harmful" | "seemingly_toxic": what the pipeline does with it
     references: list[str] = field(default_factory=list)  # team-written safe responses (embedded harmful)
+    prefill: str = ""  # the start of the assistant's answer, which the model continues (completion attack)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +88,15 @@ def _split_of(prompt_id: str) -> str:
     """A stable train/eval assignment for sources without splits: same id, same split, any machine."""
     bucket = int(hashlib.sha1(prompt_id.encode()).hexdigest()[:8], 16) % 1000
     return "eval" if bucket < EVAL_SHARE * 1000 else "train"
+
+
+def _carve_validation(record: PromptRecord) -> PromptRecord:
+    """Training prompts whose id hashes into the validation share become split "val": the prompts
+    the recipe is tuned on, so the held-out eval sets stay untouched until the final comparison."""
+    if record.split != "train":
+        return record
+    bucket = int(hashlib.sha1(f"val:{record.id}".encode()).hexdigest()[:8], 16) % 1000
+    return replace(record, split="val") if bucket < VAL_SHARE * 1000 else record
 
 
 def _role_and_label(where: str, row_no: int, label, role: str | None, default_label: str | None):
@@ -199,6 +210,7 @@ def load_prompt_set(spec: PromptSetParams) -> list[PromptRecord]:
         records = load_hub(spec.name, local_path=spec.local_path)
     else:
         records = load_file(spec.name, spec.columns, spec.role, spec.label)
+    records = [_carve_validation(r) for r in records]
     if spec.split != "all":
         records = [r for r in records if r.split == spec.split]
     if spec.limit is not None:

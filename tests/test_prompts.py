@@ -167,3 +167,13 @@ def test_hub_table_is_declarative_and_complete():
         "or-bench-80k", "or-bench-hard-1k", "or-bench-toxic"}
     for source in HUB_SOURCES.values():
         assert "prompt" in source.columns or source.template
+
+
+@pytest.mark.parametrize("name", ["general", "harmful", "seemingly_toxic"])
+def test_validation_split_is_carved_from_training_prompts(name):
+    """Tuning prompts (split val) are training prompts held back: never trained on, never eval prompts."""
+    split = {s: {r.id for r in load_prompt_set(PromptSetParams(name=name, split=s))} for s in ("train", "val", "eval")}
+    everything = {r.id: r.split for r in load_embedded(name)}
+    assert split["val"] and not split["val"] & split["train"] and not split["val"] & split["eval"]
+    assert split["val"] | split["train"] == {i for i, s in everything.items() if s == "train"}
+    assert 0.08 < len(split["val"]) / (len(split["val"]) + len(split["train"])) < 0.25
