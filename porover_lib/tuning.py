@@ -1,0 +1,149 @@
+"""Tuning on the validation split: train recipe variants, score each on training prompts kept back
+for it (`split: val`, prompts.VAL_SHARE), never on the eval sets.
+
+    python -m porover_lib.tuning sft params/tuning.yaml   # SFT variants on data/sft/judged.jsonl
+    python -m porover_lib.tuning po params/tuning.yaml    # PO variants from data/preference/student_judged.jsonl
+
+The grid file names the profile and, per stage, variants as overrides of that profile's `sft` (and
+`select`: SFT data) or `po` block. Each variant's validation rates land in outputs/tuning/<stage>.json; the choice is the variant
+with the highest mean of safety and usefulness (general and seemingly-toxic) among those whose safety is
+within `safety_margin` of the best. The pipeline itself never reads these files: the chosen values are
+copied into the profile by hand, so a reader sees them in params/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from .config import Params, PromptSetParams, deep_merge, load_params
+from .io import read_jsonl
+from .metrics import safety_rate, usefulness_rate
+from .prompts import load_prompt_set
+from .selection import sft_rows
+
+VAL_SETS = {"general": "general", "harmful": "harmful", "seemingly_toxic": "seemingly_toxic"}
+
+
+def validation_sets(limit: int | None = None) -> dict[str, list]:
+    """The embedded sets' validation prompts, one set per role."""
+    return {role: load_prompt_set(PromptSetParams(name=name, split="val", limit=limit))
+            for role, name in VAL_SETS.items()}
+
+
+def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, out_dir: Path,
+                     max_new_tokens: int) -> dict[str, float]:
+    """Greedy answers of one checkpoint on the validation sets, judged by the profile's judges:
+    general and seemingly-toxic refusal rates, safety on harmful prompts."""
+    import pandas as pd
+
+    from .stages import checkpoint_backend, free_memory, generate_rows, judge_rows
+
+    sampling = params.evaluate.sampling.model_copy(update={"max_new_tokens": max_new_tokens, "n": 1})
+    backend = checkpoint_backend(params.student, adapter_dir, name)
+    frames = [generate_rows(records, backend, sampling, out_dir / f"val__{role}.jsonl", params.seed,
+                            extra={"set": f"{role}_val", "checkpoint": name})
+              for role, records in sets.items()]
+    del backend
+    free_memory()
+    judged = judge_rows(pd.concat(frames, ignore_index=True), params)
+    refused = judged["refusal_label"] != "compliance"
+    safety = safety_rate((judged.loc[judged["role"] == "harmful", "safety_label"] == "safe").to_numpy(), seed=params.seed)
+    usefulness = usefulness_rate(refused[judged["role"] == "seemingly_toxic"].to_numpy(), seed=params.seed)
+    return {"general_refusal": float(refused[judged["role"] == "general"].mean()),
+            "toxic_refusal": 1 - usefulness.value, "safety": safety.value, "usefulness": usefulness.value,
+            "safety_low": safety.low, "safety_high": safety.high,
+            "usefulness_low": usefulness.low, "usefulness_high": usefulness.high}
+
+
+def choose(results: dict[str, dict], safety_margin: float) -> str:
+    """The variant with the best mean of safety, usefulness and general compliance, among those whose
+    safety is within `safety_margin` of the best variant's."""
+    best_safety = max(r["safety"] for r in results.values())
+    ok = {k: r for k, r in results.items() if r["safety"] >= best_safety - safety_margin}
+    return max(ok, key=lambda k: (ok[k]["safety"] + ok[k]["usefulness"] + 1 - ok[k]["general_refusal"]) / 3)
+
+
+def _train_sft(params: Params, overrides: dict, val_ids: set[str], out: Path, spec: dict) -> dict:
+    """One SFT variant: `select` overrides remake the SFT data from stage 02's judged rows, the rest
+    override the sft block."""
+    from . import training
+
+    select = type(params.select).model_validate({**params.select.model_dump(), **overrides.pop("select", {})})
+    sft = type(params.sft).model_validate(deep_merge(params.sft.model_dump(), overrides))
+    judged = [r for r in read_jsonl(spec.get("data", "data/sft/judged.jsonl")) if r["prompt_id"] not in val_ids]
+    rows, _, _ = sft_rows(judged, select, params.seed)
+    training.train_sft(rows, params.student, sft, out, seed=params.seed)
+    return {"select": select.model_dump(), "sft": sft.model_dump(), "rows": len(rows)}
+
+
+def _train_po(params: Params, overrides: dict, val_ids: set[str], out: Path, spec: dict) -> dict:
+    """One preference variant: `preference` overrides (tau, safety_pair_share) remake the pairs from
+    stage 04's judged student samples, `variant` overrides the loss, the rest override the po block."""
+    from . import training
+    from .preference import build_pairs
+
+    pref = type(params.preference).model_validate(deep_merge(params.preference.model_dump(),
+                                                             overrides.pop("preference", {})))
+    variant = type(params.po.variants["po"]).model_validate(
+        deep_merge(params.po.variants["po"].model_dump(), overrides.pop("variant", {})))
+    po = type(params.po).model_validate(deep_merge(params.po.model_dump(exclude={"variants"}), overrides))
+    student = [r for r in read_jsonl(spec.get("student_data", "data/preference/student_judged.jsonl"))
+               if r["prompt_id"] not in val_ids]
+    ids = {r["prompt_id"] for r in student}
+    teacher = [r for r in read_jsonl(spec.get("teacher_data", "data/sft/judged.jsonl")) if r["prompt_id"] in ids]
+    pairs, report = build_pairs(student, teacher, pref.tau, pref.safety_pair_share, params.seed, pref.safety_rejected,
+                                params.select.harmful_strategy or params.select.strategy)
+    training.train_po(pairs, params.student, spec.get("sft_dir", "checkpoints/sft"), out.name, variant, po, out,
+                      seed=params.seed)
+    return {"preference": pref.model_dump(), "po": po.model_dump(exclude={"variants"}), "variant": variant.model_dump(),
+            "pairs_by_kind": report["pairs_by_kind"]}
+
+
+def tune(stage: str, grid_path: str | Path) -> dict:
+    grid = yaml.safe_load(Path(grid_path).read_text())
+    params = load_params(grid["profile"])
+    spec = grid[stage]
+    work = Path(spec.get("work_dir", f"checkpoints/tuning/{stage}"))
+    val = validation_sets(spec.get("val_limit"))
+    val_ids = {r.id for records in val.values() for r in records}
+    results = {}
+    if stage == "po":  # the starting point, for reference: every variant is compared with it
+        start_dir = Path(spec.get("sft_dir", "checkpoints/sft"))
+        results["sft (start)"] = {**validation_rates(params, start_dir, "sft", val, work / "start",
+                                                     spec.get("max_new_tokens", 48)), "overrides": None}
+    for name, overrides in spec["variants"].items():
+        started, out = time.time(), work / name
+        train = _train_sft if stage == "sft" else _train_po
+        record = train(params, dict(overrides or {}), val_ids, out, spec)
+        rates = validation_rates(params, out, name, val, out, spec.get("max_new_tokens", 48))
+        results[name] = {**rates, "overrides": overrides or {}, "params": record,
+                         "seconds": round(time.time() - started)}
+        print(name, {k: round(v, 3) for k, v in rates.items()}, flush=True)
+    chosen = choose({k: v for k, v in results.items() if v["overrides"] is not None}, spec.get("safety_margin", 0.05))
+    report = {"stage": stage, "profile": grid["profile"], "val_prompts": {k: len(v) for k, v in val.items()},
+              "rule": f"best mean of safety, usefulness and general compliance among variants within "
+                      f"{spec.get('safety_margin', 0.05)} of the best safety", "chosen": chosen, "variants": results}
+    path = Path("outputs/tuning") / f"{stage}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    from .plots import tradeoff_plane
+
+    tradeoff_plane({"summary": results}, path=path.with_suffix(".png"))
+    print(f"chosen: {chosen} -> {path}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["sft", "po"])
+    parser.add_argument("grid", help="YAML file: profile, and per stage the variants (see params/tuning.yaml)")
+    args = parser.parse_args(argv)
+    tune(args.stage, args.grid)
+
+
+if __name__ == "__main__":
+    main()
