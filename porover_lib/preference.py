@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from .selection import group_by_prompt
+from .selection import group_by_prompt, pick_one
 
 TAU_GRID = [round(0.1 * i, 1) for i in range(11)]
 
@@ -70,8 +70,9 @@ def _pair(kind: str, prompt_row: dict, chosen: dict, rejected: dict, rate: float
 
 def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
                 safety_pair_share: float = 1.0, seed: int = 0,
-                safety_rejected: str = "student") -> tuple[list[dict], dict]:
-    """(pairs in TRL's conversational format, report). Both inputs are judged rows."""
+                safety_rejected: str = "student", harmful_strategy: str = "best_of_n") -> tuple[list[dict], dict]:
+    """(pairs in TRL's conversational format, report). Both inputs are judged rows. A safety pair's
+    chosen answer is picked as stage 02 picks harmful prompts' SFT answers (`harmful_strategy`)."""
     _check(student_rows, tau)
     if safety_rejected not in ("student", "student_or_teacher"):
         raise PreferenceDataError(f"preference.safety_rejected = {safety_rejected!r}; "
@@ -106,7 +107,8 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
         if not chosen:
             dropped["safety: no safe teacher completion"] += 1
             continue
-        pairs.append(_pair("safety", first, _best(chosen), rng.choice(unsafe), rates[pid], tau, seed))
+        pick = _best(chosen) if harmful_strategy == "best_of_n" else pick_one(chosen, harmful_strategy, rng)
+        pairs.append(_pair("safety", first, pick, rng.choice(unsafe), rates[pid], tau, seed))
     pairs.sort(key=lambda p: p["id"])
     return pairs, report(student_rows, pairs, dropped, tau)
 

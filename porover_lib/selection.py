@@ -3,14 +3,17 @@
 Acceptable means judged safe, and for benign prompts (general, seemingly-toxic) also not a refusal:
 a refusal of a benign prompt is exactly the over-refusal POROver sets out to remove, so it must not
 become SFT data. Among acceptable completions, `best_of_n` keeps the highest reward (the paper's
-rejection sampling), `random` a seeded random one (the paper's baseline), `first` the lowest sample index.
+rejection sampling), `random` a seeded random one (the paper's baseline), `first` the lowest sample index,
+`longest` the longest text. Harmful prompts may pick differently (`harmful_strategy`): an offline reward
+that favours likely text keeps "I can't help with that.", and a small student trained on such stock
+refusals says them to plain requests too; the longest safe answer names the harm and offers an alternative.
 """
 from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
 
-STRATEGIES = ("best_of_n", "random", "first")
+STRATEGIES = ("best_of_n", "random", "first", "longest")
 
 
 def acceptable(row: dict) -> bool:
@@ -19,12 +22,14 @@ def acceptable(row: dict) -> bool:
     return row["role"] == "harmful" or row["refusal_label"] == "compliance"
 
 
-def _pick(candidates: list[dict], strategy: str, rng: random.Random) -> dict:
+def pick_one(candidates: list[dict], strategy: str, rng: random.Random) -> dict:
     if strategy == "best_of_n":
         # ties broken by sample index, so the choice never depends on file order
         return max(candidates, key=lambda r: (r["reward"], -r["sample_index"]))
     if strategy == "random":
         return rng.choice(sorted(candidates, key=lambda r: r["sample_index"]))
+    if strategy == "longest":
+        return max(candidates, key=lambda r: (len(r["completion"]), -r["sample_index"]))
     return min(candidates, key=lambda r: r["sample_index"])
 
 
@@ -60,17 +65,23 @@ def sft_example(chosen: dict, strategy: str, candidates: list[dict]) -> dict:
     }
 
 
-def select(rows: list[dict], strategy: str = "best_of_n", seed: int = 0,
-           min_reward: float | None = None) -> tuple[list[dict], list[dict], dict]:
-    """Rejection sampling over judged rows: (SFT rows, dropped prompts, report)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"select.strategy {strategy!r} is not one of {STRATEGIES}")
+def select(rows: list[dict], strategy: str = "best_of_n", seed: int = 0, min_reward: float | None = None,
+           harmful_strategy: str | None = None,
+           teachers: dict[str, list[str]] | None = None) -> tuple[list[dict], list[dict], dict]:
+    """Rejection sampling over judged rows: (SFT rows, dropped prompts, report). `teachers` limits, per
+    set, whose completions may become SFT answers (the others still give DeRTa its harmful responses)."""
+    teachers = teachers or {}
+    for key, value in (("strategy", strategy), ("harmful_strategy", harmful_strategy or strategy)):
+        if value not in STRATEGIES:
+            raise ValueError(f"select.{key} {value!r} is not one of {STRATEGIES}")
     rng = random.Random(seed)
     kept, dropped = [], []
     for prompt_id, candidates in sorted(group_by_prompt(rows).items()):
-        ok = [r for r in candidates if acceptable(r) and (min_reward is None or r["reward"] >= min_reward)]
+        ok = [r for r in candidates if acceptable(r) and (min_reward is None or r["reward"] >= min_reward)
+              and r.get("teacher") in teachers.get(r.get("set"), [r.get("teacher")])]
         if ok:
-            kept.append(sft_example(_pick(ok, strategy, rng), strategy, candidates))
+            how = harmful_strategy or strategy if candidates[0]["role"] == "harmful" else strategy
+            kept.append(sft_example(pick_one(ok, how, rng), how, candidates))
         else:
             first = candidates[0]
             dropped.append({"prompt_id": prompt_id, "role": first["role"], "prompt": first["prompt"],
@@ -80,6 +91,30 @@ def select(rows: list[dict], strategy: str = "best_of_n", seed: int = 0,
                                            "low reward" for r in candidates).most_common(1)[0][0],
                             "example": first["completion"]})
     return kept, dropped, yield_report(rows, kept, dropped)
+
+
+def cap_share(kept: list[dict], role: str, share: float | None, seed: int = 0) -> list[dict]:
+    """At most `share` of the SFT rows from `role` (a seeded random subset, order kept).
+
+    POROver's SFT data is dominated by general completions; with a third of its rows refusals, a
+    small student learns to refuse plain requests too. None keeps every row.
+    """
+    if share is None:
+        return kept
+    ours = [i for i, row in enumerate(kept) if row["role"] == role]
+    others = len(kept) - len(ours)
+    room = int(share * others / (1 - share))
+    chosen = set(random.Random(seed).sample(ours, room)) if room < len(ours) else set(ours)
+    return [row for i, row in enumerate(kept) if row["role"] != role or i in chosen]
+
+
+def sft_rows(judged: list[dict], params, seed: int = 0) -> tuple[list[dict], list[dict], dict]:
+    """Stage 02's SFT data from judged completions of the `select.sets` (SelectParams `params`):
+    rejection sampling, then the cap on refusals; (SFT rows, dropped prompts, report)."""
+    rows = [r for r in judged if r["set"] in params.sets]
+    kept, dropped, report = select(rows, params.strategy, seed, params.min_reward, params.harmful_strategy,
+                                   params.teachers)
+    return cap_share(kept, "harmful", params.harmful_share, seed), dropped, report
 
 
 def yield_report(rows: list[dict], kept: list[dict], dropped: list[dict]) -> dict:

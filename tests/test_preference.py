@@ -102,3 +102,13 @@ def test_safety_pairs_can_take_an_unsafe_teacher_answer_when_the_student_always_
     assert {p["rejected_from"] for p in pairs if p["prompt_id"] in ("h1", "h2")} == {"student"}
     with pytest.raises(PreferenceDataError, match="safety_rejected"):
         build_pairs(student_set(), teacher, 0.5, safety_rejected="anyone")
+
+
+def test_safety_pairs_pick_their_chosen_answer_as_stage_02_does():
+    teacher = teacher_set() + [{**sample("h1", 1, "harmful", refused=True), "reward": -5.0,
+                                "completion": "I won't help with this: it could hurt someone; here is a safer option."}]
+    short, _ = build_pairs(student_set(), teacher, 0.5)
+    long, _ = build_pairs(student_set(), teacher, 0.5, harmful_strategy="longest")
+    chosen = {p["prompt_id"]: p["chosen"][0]["content"] for p in short if p["kind"] == "safety"}
+    assert chosen["h1"] == "refuse h1"  # the higher reward
+    assert {p["prompt_id"]: p["chosen"][0]["content"] for p in long}["h1"].startswith("I won't help")

@@ -63,3 +63,34 @@ def test_sft_rows_are_chat_messages_with_provenance():
     for k in kept:
         assert [m["role"] for m in k["messages"]] == ["user", "assistant"]
         assert {"prompt_id", "backend", "model", "sample_index", "strategy", "safety_judge"} <= set(k)
+
+
+def test_cap_share_keeps_general_rows_and_a_seeded_share_of_refusals():
+    from porover_lib.selection import cap_share
+
+    kept = [{"role": "general", "i": i} for i in range(80)] + [{"role": "harmful", "i": i} for i in range(40)]
+    capped = cap_share(kept, "harmful", 0.2, seed=1)
+    harmful = [r for r in capped if r["role"] == "harmful"]
+    assert len(capped) - len(harmful) == 80 and len(harmful) == 20  # 20 / 100 rows
+    assert capped == cap_share(kept, "harmful", 0.2, seed=1) != cap_share(kept, "harmful", 0.2, seed=2)
+    assert cap_share(kept, "harmful", None) == kept and cap_share(kept, "harmful", 0.5) == kept
+
+
+def test_harmful_prompts_may_pick_the_longest_safe_answer():
+    rows = ROWS + [row("h1", 3, "harmful", refusal="refusal", reward=-1.0,
+                       text="I won't help with that: it could hurt someone. Here is what I can do instead.")]
+    kept, _, _ = select(rows, "best_of_n", harmful_strategy="longest")
+    by_id = {k["prompt_id"]: k for k in kept}
+    assert by_id["h1"]["messages"][1]["content"].startswith("I won't help") and by_id["h1"]["strategy"] == "longest"
+    assert by_id["g1"]["messages"][1]["content"] == "g1-1"  # general prompts keep best_of_n
+    with pytest.raises(ValueError, match="harmful_strategy 'tallest'"):
+        select(rows, harmful_strategy="tallest")
+
+
+def test_teachers_limit_whose_answers_become_sft_data_but_not_derta_prefixes():
+    rows = [{**r, "set": "h", "teacher": "reference" if r["sample_index"] == 0 else "student"}
+            for r in ROWS if r["prompt_id"] == "h1"]
+    kept, _, _ = select(rows, "best_of_n", teachers={"h": ["reference"]})
+    assert kept[0]["messages"][1]["content"] == "h1-0"  # the reference, though a student refusal scores higher
+    assert kept[0]["harmful_response"] == "step 1: ..."  # the student's unsafe answer still feeds DeRTa
+    assert select(rows, "best_of_n")[0][0]["messages"][1]["content"] == "h1-2"
