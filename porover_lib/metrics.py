@@ -322,25 +322,13 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
     return {"n": int(x.size), "b01": b01, "b10": b10, "p": float(p)}
 
 
-def comparison_pairs(checkpoints: Sequence[str]) -> list[tuple[str, str]]:
-    """The (before, after) checkpoint pairs the text compares, in checkpoint order.
-
-    base -> sft; sft -> each preference-optimisation variant; sft -> the DeRTa SFT checkpoint
-    (the first name that contains 'derta' and starts with 'sft' or is 'derta'), and that
-    checkpoint -> every other 'derta' name (preference optimisation on top of DeRTa).
-    Pairs whose starting checkpoint is absent are left out.
-    """
+def comparison_pairs(checkpoints: Sequence[str], starts: dict[str, str | None]) -> list[tuple[str, str]]:
+    """The (before, after) checkpoint pairs the text compares, in checkpoint order: each checkpoint
+    against the one it was trained from (`starts`, see config.Params.checkpoint_starts): base -> sft,
+    sft -> DeRTa SFT, each SFT adapter -> the preference-optimisation variants continuing it.
+    Pairs whose starting checkpoint is not evaluated are left out."""
     names = list(checkpoints)
-    derta = [c for c in names if "derta" in c.lower()]
-    derta_sft = next((c for c in derta if c.lower() == "derta" or c.lower().startswith("sft")), None)
-    pairs = [("base", "sft")] if "base" in names and "sft" in names else []
-    for c in names:
-        if c in ("base", "sft"):
-            continue
-        start = derta_sft if c in derta and c != derta_sft and derta_sft else "sft"
-        if start in names:
-            pairs.append((start, c))
-    return pairs
+    return [(starts[c], c) for c in names if starts.get(c) in names]
 
 
 def _paired_outcomes(rows: pd.DataFrame, role: str) -> dict[str, pd.Series]:

@@ -117,7 +117,6 @@ def score_labelled_positions_only(enabled: bool = True) -> None:
 
 
 def _common_args(params: SFTParams | POParams, seed: int, ckpt_dir: Path) -> dict:
-    score_labelled_positions_only()
     return dict(**params.trl,
         output_dir=str(ckpt_dir), per_device_train_batch_size=params.batch_size,
         gradient_accumulation_steps=params.grad_accum, learning_rate=params.learning_rate,
@@ -210,6 +209,7 @@ def build_sft_trainer(rows: list[dict], student: ModelParams, params: SFTParams,
     from trl import SFTConfig, SFTTrainer
 
     set_seed(seed)
+    score_labelled_positions_only()
     tokenizer = tokenizer or load_tokenizer(student)
     model = model if model is not None else load_model(student)
     model = _prepare_base(model, student, params.gradient_checkpointing, log)
@@ -253,6 +253,13 @@ def _load_with_adapter(student: ModelParams, adapter_dir: Path, trainable: bool,
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
 
 
+def start_dirs(params: POParams, sft_dir: str | Path = "checkpoints/sft",
+               sft_variants_dir: str | Path = "checkpoints/sft_variants") -> dict[str, Path]:
+    """po.variants name -> the SFT adapter it continues (its `start`): sft, or an sft.variants adapter."""
+    return {name: Path(sft_dir) if v.start == "sft" else Path(sft_variants_dir) / v.start
+            for name, v in params.variants.items()}
+
+
 def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Path, variant_name: str,
                      variant: POVariantParams, params: POParams, output_dir: str | Path, seed: int,
                      log: Log = print, model=None, tokenizer=None):
@@ -264,6 +271,7 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
     if not pairs:
         raise ValueError(f"train_po[{variant_name}]: no preference pairs")
     set_seed(seed)
+    score_labelled_positions_only()
     sft_dir = Path(sft_dir)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(sft_dir)
     model = _load_with_adapter(student, sft_dir, True, params.gradient_checkpointing, log, model)

@@ -68,9 +68,8 @@ BAD = {  # kind of mistake -> (profile body, the line `porover check` must print
                                "teachers.api.api_key_env = 'POROVER_UNSET_KEY': environment variable is not set"),
     "server URL malformed": ("teachers: {api: {kind: openai, api_model: m, base_url: 'localhost:8000/v1'}}\n",
                              "teachers.api.base_url = 'localhost:8000/v1': not an http(s) URL"),
-    "unknown evaluated checkpoint": ("evaluate: {checkpoints: [base, sft, ipo]}\n",
-                                     "evaluate.checkpoints[2] = 'ipo': not a checkpoint; known: base, sft and "
-                                     "the po.variants names ['dpo', 'po']"),
+    "evaluated checkpoint listed twice": ("evaluate: {checkpoints: [base, sft, sft]}\n",
+                                          "evaluate.checkpoints[2] = 'sft': listed twice"),
     "4-bit without a GPU": ("student: {load_in_4bit: true}\n",
                             "student.load_in_4bit = True: needs a CUDA GPU and none is visible"),
     "cuda without a GPU": ("judges: {safety: {name: llama_guard, model: {name: embedded:smollm2-135m-instruct, "
@@ -105,7 +104,7 @@ def test_a_missing_or_unparsable_profile_file(tmp_path, capsys):
 def test_several_problems_one_line_each(tmp_path, capsys, monkeypatch, no_cuda):
     monkeypatch.delenv("POROVER_UNSET_KEY", raising=False)
     path = write_profile(tmp_path, BAD["unknown embedded model"][0] + BAD["API key variable unset"][0]
-                         + BAD["unknown evaluated checkpoint"][0])
+                         + BAD["evaluated checkpoint listed twice"][0])
     code, lines = run_check(path, capsys)
     assert code == 1 and lines[0] == f"{path}: 3 problem(s)" and len(lines) == 4
 
@@ -113,7 +112,7 @@ def test_several_problems_one_line_each(tmp_path, capsys, monkeypatch, no_cuda):
 def test_a_set_key_passes_and_is_never_printed(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("POROVER_SET_KEY", SECRET)
     path = write_profile(tmp_path, "teachers: {api: {kind: openai, api_model: gpt-4o, api_key_env: POROVER_SET_KEY}}\n"
-                                   "evaluate: {checkpoints: [base, ipo]}\n")
+                                   "evaluate: {checkpoints: [base, base]}\n")
     code, lines = run_check(path, capsys)
     assert code == 1 and len(lines) == 2 and "evaluate.checkpoints[1]" in lines[1]  # the key is fine
     assert SECRET not in "\n".join(lines)

@@ -53,6 +53,15 @@ def _write(tmp_path, text):
     ("seed: 1\n", ["missing key 'profile'"]),
     ("profile: x\nteachers: {t: {kind: openai}}\n", ["api_model"]),
     ("profile: x\nprompts: {f: {source: file, name: f.csv}}\n", ["needs 'role'"]),
+    ("profile: x\nsft: {variants: {d: {objective: magic}}}\n", ["sft.variants.d", "'objective'", "'magic'"]),
+    ("profile: x\nsft: {variants: {po: {objective: derta}}}\n", ["['po']", "unique"]),
+    ("profile: x\npo: {variants: {p: {start: derta}}}\n", ["po.variants.p.start", "unknown SFT adapter 'derta'"]),
+    ("profile: x\nevaluate: {checkpoints: [base, sft, ghost]}\n", ["unknown checkpoint 'ghost'"]),
+    ("profile: x\nprompts: {h: {name: harmful}}\nevaluate: {sets: [h], checkpoints: [sft], attack: {set: h}}\n",
+     ["base model's answers", "add 'base'"]),
+    ("profile: x\nevaluate: {attack: {set: nowhere}}\n", ["evaluate.attack.set", "'nowhere'"]),
+    ("profile: x\nprompts: {a: {name: harmful}}\novergenerate: {sets: {a: reference}}\nselect: {sets: [a], teachers: {a: [ghost]}}\n",
+     ["select.teachers.a", "unknown teacher 'ghost'"]),
 ])
 def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, expected):
     path = _write(tmp_path, body)
@@ -76,3 +85,11 @@ def test_extends_cycle_is_reported(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a\nprofile: b\n")
     with pytest.raises(ParamsError, match="cycle"):
         load_params(tmp_path / "a.yaml")
+
+
+def test_checkpoint_starts_follow_the_variants():
+    params = load_params(PARAMS / "default.yaml")
+    starts = params.checkpoint_starts()
+    assert starts["sft"] == "base" and starts["derta"] == "sft" and starts["po_derta"] == "derta"
+    assert params.sft.variant("derta").objective == "derta"
+    assert params.sft.variant("derta").learning_rate == params.sft.learning_rate  # the rest is inherited

@@ -336,19 +336,22 @@ def test_mcnemar_exact_rejects_bad_input(a, b, message):
         mcnemar_exact(a, b)
 
 
+STARTS = {"base": None, "sft": "base", "derta": "sft", "po": "sft", "dpo": "sft", "ipo": "sft", "po_derta": "derta"}
+
+
 @pytest.mark.parametrize(
     "checkpoints, expected",
     [
         (["base", "sft", "po"], [("base", "sft"), ("sft", "po")]),
         (["sft", "dpo", "ipo", "po"], [("sft", "dpo"), ("sft", "ipo"), ("sft", "po")]),
-        (["base", "sft", "sft_derta", "po", "po_derta"],
-         [("base", "sft"), ("sft", "sft_derta"), ("sft", "po"), ("sft_derta", "po_derta")]),
-        (["base", "sft", "po_derta"], [("base", "sft"), ("sft", "po_derta")]),  # no DeRTa SFT: from sft
+        (["base", "sft", "derta", "po", "po_derta"],
+         [("base", "sft"), ("sft", "derta"), ("sft", "po"), ("derta", "po_derta")]),
+        (["base", "sft", "po_derta"], [("base", "sft")]),  # its DeRTa start not evaluated: no pair
         (["base", "po"], []),
     ],
 )
 def test_comparison_pairs(checkpoints, expected):
-    assert comparison_pairs(checkpoints) == expected
+    assert comparison_pairs(checkpoints, STARTS) == expected
 
 
 def _paired_table():
