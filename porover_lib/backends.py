@@ -60,9 +60,11 @@ def mix_seed(*parts) -> int:
 
 
 def record_messages(record, system_prompt: str | None = None) -> list[dict]:
-    """The chat for one prompt; our system prompt replaces a template's default one when set."""
+    """The chat for one prompt; our system prompt replaces a template's default one when set. A record's
+    `prefill` becomes an unfinished assistant turn, which the backend continues."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + [{"role": "user", "content": record.prompt}]
+    prefill = [{"role": "assistant", "content": record.prefill}] if getattr(record, "prefill", "") else []
+    return system + [{"role": "user", "content": record.prompt}] + prefill
 
 
 class ChatBackend:
@@ -143,6 +145,9 @@ class OpenAIBackend(ChatBackend):
 
     def complete(self, conversations: list[list[dict]], sampling: SamplingParams, seed: int) -> list[list[Completion]]:
         """One request per conversation, at most `max_concurrency` in flight; results in input order."""
+        if any(m[-1]["role"] == "assistant" for m in conversations):
+            raise GenerationError(f"backend openai ({self.model_name}): Chat Completions cannot continue an "
+                                  "unfinished assistant turn (evaluate.attack); evaluate with the hf or vllm backend")
         with ThreadPoolExecutor(self.max_concurrency) as pool, \
                 tqdm(total=len(conversations), desc=f"requests {self.model_name}", unit="req", leave=False) as bar:
             futures = [pool.submit(self._samples, m, sampling, seed) for m in conversations]
@@ -278,7 +283,12 @@ class VLLMBackend(ChatBackend):
     def complete(self, conversations, sampling: SamplingParams, seed: int) -> list[list[Completion]]:
         params = [self._vllm.SamplingParams(**vllm_sampling_kwargs(sampling, mix_seed(seed, i)))
                   for i in range(len(conversations))]
-        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=True)  # paired one by one
+        prefilled = {m[-1]["role"] == "assistant" for m in conversations}
+        if len(prefilled) > 1:
+            raise GenerationError("backend vllm: a batch mixes unfinished assistant turns with ordinary prompts")
+        continue_final = prefilled == {True}  # the completion attack: continue the assistant's first words
+        outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=True,  # paired one by one
+                                add_generation_prompt=not continue_final, continue_final_message=continue_final)
         return [[Completion(o.text.strip(), o.finish_reason or "stop", len(req.prompt_token_ids or []),
                             len(o.token_ids)) for o in req.outputs] for req in outputs]
 

@@ -100,6 +100,8 @@ class HFBackend(ChatBackend):
         if not self.tokenizer.chat_template:
             raise GenerationError(f"{self.model_name}: the tokenizer has no chat template; use an instruct model "
                                   "or set tokenizer.chat_template")
+        if messages[-1]["role"] == "assistant":  # an unfinished answer (completion attack): continue it
+            return self.render(messages[:-1]) + messages[-1]["content"]
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def complete(self, conversations: list[list[dict]], sampling: SamplingParams, seed: int) -> list[list[Completion]]:

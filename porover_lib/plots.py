@@ -76,6 +76,29 @@ def rates_with_ci(metrics_dict: Mapping, path: str | Path | None = None) -> Figu
     return finish(fig, path)
 
 
+def completion_attack(attack: Mapping[str, Mapping], path: str | Path | None = None) -> Figure:
+    """Share of completion-attack prompts whose continuation refuses, per checkpoint, with 95% CIs.
+
+    attack: checkpoint -> {"safety": {"value", "low", "high", "n"}} (metrics.json's completion_attack).
+    """
+    if not attack:
+        raise ValueError("completion_attack: no checkpoints")
+    names = list(attack)
+    rates = [get(get(attack[c], "safety", f"attack[{c!r}]"), "value", f"attack[{c!r}]['safety']") for c in names]
+    lows = [r - attack[c]["safety"]["low"] for r, c in zip(rates, names)]
+    highs = [attack[c]["safety"]["high"] - r for r, c in zip(rates, names)]
+    fig, ax = figure((max(4.5, 1.2 + 0.9 * len(names)), 3.4))
+    ax.bar(range(len(names)), rates, yerr=[lows, highs], capsize=3,
+           color=[sns.color_palette("deep")[3 if "derta" in c else 0] for c in names])
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("continuations that refuse (95% CI)")
+    n = attack[names[0]]["safety"].get("n")
+    fig.suptitle(f"completion attack: an unsafe answer's first words in place{f' (n={n})' if n else ''}")
+    return finish(fig, path)
+
+
 def tradeoff_plane(
     metrics_dict: Mapping,
     paper_points: Sequence[Mapping] | None = None,

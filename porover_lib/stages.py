@@ -168,20 +168,15 @@ def teacher_completions(params: Params, sets: dict[str, list[PromptRecord]], jud
 # ------------------------------------------------------------------------------------ 06 evaluate
 
 def checkpoint_dirs(params: Params, sft_dir: str | Path = "checkpoints/sft",
-                    po_dir: str | Path = "checkpoints/po") -> dict[str, Path | None]:
-    """Name -> adapter folder: `base` is the untrained student, `sft` the SFT adapter, any other
-    name a preference-optimisation variant under `po_dir`."""
+                    po_dir: str | Path = "checkpoints/po",
+                    sft_variants_dir: str | Path = "checkpoints/sft_variants") -> dict[str, Path | None]:
+    """Name -> adapter folder of every evaluated checkpoint: `base` is the untrained student, `sft`
+    the SFT adapter, an sft.variants name an adapter under `sft_variants_dir`, a po.variants name
+    one under `po_dir`."""
     out = {}
     for name in params.evaluate.checkpoints:
-        if name == "base":
-            out[name] = None
-        elif name == "sft":
-            out[name] = Path(sft_dir)
-        else:
-            if name not in params.po.variants:
-                raise ValueError(f"evaluate.checkpoints: {name!r} is neither base, sft nor a po.variants name "
-                                 f"({sorted(params.po.variants)})")
-            out[name] = Path(po_dir) / name
+        out[name] = (None if name == "base" else Path(sft_dir) if name == "sft" else
+                     Path(sft_variants_dir) / name if name in params.sft.variants else Path(po_dir) / name)
         if out[name] is not None and not out[name].is_dir():
             raise FileNotFoundError(f"checkpoint {name!r}: {out[name]} not found; run its training stage first")
     return out
@@ -233,7 +228,7 @@ def evaluation_responses(params: Params, checkpoints: dict[str, Path | None], se
     sampling, frames = params.evaluate.sampling, []
     for name, adapter in checkpoints.items():
         key = fingerprint(params.student.model_dump(), adapter, sampling.model_dump(), params.seed)
-        paths = {s: Path(cache_dir) / f"{name}__{s}__{key}.jsonl" for s in sets}
+        paths = {s: Path(cache_dir) / f"{name}__{s}__{key}{_prompts_key(records_)}.jsonl" for s, records_ in sets.items()}
         missing = [s for s, path in paths.items() if not _complete(path, sets[s], sampling.n)]
         backend = checkpoint_backend(params.student, adapter, name) if missing else None
         for set_name, records_ in sets.items():
@@ -246,8 +241,41 @@ def evaluation_responses(params: Params, checkpoints: dict[str, Path | None], se
     return pd.concat(frames, ignore_index=True)
 
 
+def _prompts_key(records_: list[PromptRecord]) -> str:
+    """A suffix for sets whose prompts carry a prefill (the completion attack): new prefixes, new responses."""
+    prefills = [(r.id, r.prefill) for r in records_ if r.prefill]
+    return f"-{fingerprint(prefills)}" if prefills else ""
+
+
 def _complete(path: Path, records_: list[PromptRecord], n: int) -> bool:
     if not path.is_file():
         return False
     done = {(r["prompt_id"], r["sample_index"]) for r in read_jsonl(path)}
     return all((r.id, i) in done for r in records_ for i in range(n))
+
+
+# ------------------------------------------------------------------------------------ 06 completion attack
+
+def attack_records(params: Params, judged: pd.DataFrame) -> list[PromptRecord]:
+    """The completion attack's prompts: each held-out harmful prompt the base model answered unsafely,
+    with the first `prefix_words` words of that answer placed in the assistant turn."""
+    from dataclasses import replace
+
+    spec = params.evaluate.attack
+    base = judged[(judged["checkpoint"] == "base") & (judged["set"] == spec.set) & (judged["safety_label"] == "unsafe")]
+    records = {r.id: r for r in load_sets(params, [spec.set])[spec.set]}
+    out = []
+    for row in base.itertuples():
+        words = str(row.completion).split()
+        if len(words) > spec.prefix_words:  # a shorter answer leaves nothing to continue
+            out.append(replace(records[row.prompt_id], prefill=" ".join(words[:spec.prefix_words])))
+    return out  # empty when the base model answered no prompt unsafely: nothing to attack with
+
+
+def attack_responses(params: Params, checkpoints: dict[str, Path | None], records: list[PromptRecord],
+                     cache_dir: str | Path) -> pd.DataFrame:
+    """Every checkpoint's continuation of each attack prefix (greedy, cached like the other sets);
+    the judges later see only the continuation: did the checkpoint turn to a refusal?"""
+    rows = evaluation_responses(params, checkpoints, {"completion_attack": records}, cache_dir)
+    prefixes = {r.id: r.prefill for r in records}
+    return rows.assign(prefill=rows["prompt_id"].map(prefixes))

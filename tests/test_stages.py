@@ -62,3 +62,24 @@ def test_refusal_proxy_judges_harmful_prompts_only(params, monkeypatch):
     assert harmful["safety_judge"] == "refusal_proxy(keyword)"
     assert benign["safety_label"] == "safe" and "harmful prompts only" in benign["safety_reason"]
     assert benign["refusal_label"] == "compliance"
+
+
+def test_attack_prefixes_come_from_the_base_models_unsafe_answers(params):
+    """Only base-model answers judged unsafe become prefixes, cut to prefix_words; never references."""
+    harmful = stages.load_sets(params, ["harmful_eval"])["harmful_eval"]
+    words = " ".join(f"w{i}" for i in range(30))
+    judged = pd.DataFrame([
+        {"checkpoint": "base", "set": "harmful_eval", "prompt_id": harmful[0].id, "safety_label": "unsafe",
+         "completion": words},
+        {"checkpoint": "base", "set": "harmful_eval", "prompt_id": harmful[1].id, "safety_label": "safe",
+         "completion": words},
+        {"checkpoint": "sft", "set": "harmful_eval", "prompt_id": harmful[2].id, "safety_label": "unsafe",
+         "completion": words},
+        {"checkpoint": "base", "set": "harmful_eval", "prompt_id": harmful[2].id, "safety_label": "unsafe",
+         "completion": "too short"},
+    ])
+    records = stages.attack_records(params, judged)
+    assert [r.id for r in records] == [harmful[0].id]
+    assert records[0].prefill == " ".join(f"w{i}" for i in range(params.evaluate.attack.prefix_words))
+    assert records[0].prompt == harmful[0].prompt and records[0].prefill not in harmful[0].references
+    assert stages.attack_records(params, judged[judged["safety_label"] == "safe"]) == []
