@@ -3,6 +3,7 @@
 Runs in a temporary copy of the repository, so the working tree and its outputs stay untouched.
 """
 import json
+from collections import Counter
 
 import pytest
 
@@ -32,10 +33,21 @@ def test_every_stage_ran_and_wrote_its_outputs(smoke_run):
 
     pairs = jsonl(work / "data" / "preference" / "pairs.jsonl")
     assert all({"prompt", "chosen", "rejected", "kind"} <= set(p) for p in pairs)
-    assert any((work / "checkpoints" / "po").glob("*/adapter_model.safetensors"))
+    assert (work / "checkpoints" / "sft_variants" / "derta" / "adapter_model.safetensors").is_file()
+    assert {p.parent.name for p in (work / "checkpoints" / "po").glob("*/adapter_model.safetensors")} == \
+        {"po", "dpo", "ipo", "po_derta"}
+    po_derta = json.loads((work / "checkpoints" / "po" / "po_derta" / "params.json").read_text())
+    assert po_derta["sft_dir"].endswith("sft_variants/derta")  # POROver's step continues the DeRTa adapter
 
     metrics = json.loads((work / "outputs" / "metrics.json").read_text())
-    assert set(metrics["summary"]) == {"base", "sft", "po", "dpo"}
+    assert set(metrics["summary"]) == {"base", "sft", "derta", "po", "dpo", "ipo", "po_derta"}
+    compared = {(t["checkpoint_a"], t["checkpoint_b"]) for t in metrics["paired_tests"]}
+    assert {("base", "sft"), ("sft", "derta"), ("sft", "po"), ("derta", "po_derta")} <= compared
+    attacked = jsonl(work / "data" / "eval" / "attack_judged.jsonl")
+    assert set(metrics["completion_attack"]) == ({r["checkpoint"] for r in attacked} if attacked else set())
+    base = {r["prompt_id"]: r["completion"] for r in jsonl(work / "data" / "eval" / "judged.jsonl")
+            if r["checkpoint"] == "base" and r["set"] == "harmful_eval" and r["safety_label"] == "unsafe"}
+    assert all(base[r["prompt_id"]].startswith(r["prefill"]) for r in attacked)
     for row in metrics["summary"].values():
         assert all(0.0 <= row[k] <= 1.0 for k in ("safety", "usefulness", "f1"))
     for plot in ("06_rates", "06_tradeoff", "06_refusal_heatmap"):
@@ -51,6 +63,8 @@ def test_second_repro_does_nothing_and_a_po_param_reruns_only_05_and_06(smoke_ru
     active.write_text(active.read_text().replace("beta: 0.1", "beta: 0.2"))
     rerun = run(["dvc", "repro"], work)
     assert [s for s in STAGES if f"Running stage '{s}'" in rerun] == ["preference_optimization", "evaluate"]
-    # 06 caches responses per (checkpoint, set, settings): base and sft are reused, only po regenerates
-    cached = sorted(p.name.split("__")[0] for p in (work / "data" / "eval" / "responses").glob("*.jsonl"))
-    assert cached.count("po") == 6 and cached.count("base") == cached.count("sft") == 3
+    # 06 caches responses per (checkpoint, set, settings): base and the SFT adapters are reused,
+    # only the retrained preference variants regenerate
+    cached = Counter(p.name.split("__")[0] for p in (work / "data" / "eval" / "responses").glob("*.jsonl"))
+    assert cached["base"] >= 3 and cached["sft"] == cached["derta"] == cached["base"]
+    assert cached["po"] == cached["po_derta"] == 2 * cached["base"]
