@@ -72,7 +72,8 @@ def test_files_without_splits_get_a_stable_held_out_share(shared_data):
     held_out = load_prompt_set(spec)
     train = load_prompt_set(spec.model_copy(update={"split": "train"}))
     assert not {r.id for r in held_out} & {r.id for r in train}
-    assert len(held_out) + len(train) == 520 and 0.2 < len(held_out) / 520 < 0.4
+    val = load_prompt_set(spec.model_copy(update={"split": "val"}))  # kept back from the training share
+    assert len(held_out) + len(train) + len(val) == 520 and 0.2 < len(held_out) / 520 < 0.4
     assert [r.id for r in load_prompt_set(spec)] == [r.id for r in held_out]
 
 
