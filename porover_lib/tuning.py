@@ -21,17 +21,16 @@ import yaml
 
 from .config import Params, PromptSetParams, deep_merge, load_params
 from .io import read_jsonl
-from .metrics import safety_rate, usefulness_rate
+from .metrics import refusal_flags, safety_rate, usefulness_rate
 from .prompts import load_prompt_set
 from .selection import sft_rows
 
-VAL_SETS = {"general": "general", "harmful": "harmful", "seemingly_toxic": "seemingly_toxic"}
+VAL_SETS = ("general", "harmful", "seemingly_toxic")  # embedded set names, which are also their roles
 
 
 def validation_sets(limit: int | None = None) -> dict[str, list]:
     """The embedded sets' validation prompts, one set per role."""
-    return {role: load_prompt_set(PromptSetParams(name=name, split="val", limit=limit))
-            for role, name in VAL_SETS.items()}
+    return {name: load_prompt_set(PromptSetParams(name=name, split="val", limit=limit)) for name in VAL_SETS}
 
 
 def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, out_dir: Path,
@@ -50,7 +49,7 @@ def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, o
     del backend
     free_memory()
     judged = judge_rows(pd.concat(frames, ignore_index=True), params)
-    refused = judged["refusal_label"] != "compliance"
+    refused = pd.Series(refusal_flags(judged["refusal_label"]), index=judged.index)
     safety = safety_rate((judged.loc[judged["role"] == "harmful", "safety_label"] == "safe").to_numpy(), seed=params.seed)
     usefulness = usefulness_rate(refused[judged["role"] == "seemingly_toxic"].to_numpy(), seed=params.seed)
     return {"general_refusal": float(refused[judged["role"] == "general"].mean()),
