@@ -166,9 +166,9 @@ class DertaParams(Strict):
 
     no_prefix_share: float = Field(default=0.5, ge=0.0, le=1.0)  # harmful examples kept without a prefix
     rto_share: float = Field(default=1.0, ge=0.0)  # RTO examples per harmful example with a harmful response
-    # RTO trains "refuse next" at every harmful position; the target is the first token of this text
-    # (the paper uses "Sorry"). None: the first token of each row's own safe response.
-    refusal_text: str | None = "Sorry"
+    # RTO trains "refuse next" at every harmful position. None: the first token of each row's own safe
+    # response. A fixed text (the paper's "Sorry") must open every safe response (checked when building).
+    refusal_text: str | None = None
 
 
 class SFTParams(Strict):

@@ -7,11 +7,17 @@ DeRTa changes only *what* is trained on, so it enters TRL's `SFTTrainer` as a pr
   response> <safe response>`, k uniform in 0..len(words)-1 (0 for a `no_prefix_share` of rows). The
   prefix is input only: labels start at the first token of the safe response.
 * **Reinforced Transition Optimisation (RTO)** -- the assistant turn is the full harmful response and
-  every label over it is the first token of the refusal text. Labels are set on every token of the
+  every label over it is the first token of the safe response. Labels are set on every token of the
   harmful response *and* on the token right after it (the end-of-turn token). A causal LM predicts the
   label at position t from position t-1, so the model learns "refuse next" from the last prompt
   token (before any harm) and from every harmful token, the last one included -- as in the paper's code,
   which relabels the whole response span, EOS included.
+
+  The target is the token that the prefix-MLE examples continue: the safe response's first token as it
+  opens the turn (predicted from the last prompt token) and as it follows a harmful word after a space
+  (everywhere else). A transition token that no safe response starts with is never continued in
+  training, and a small model then repeats it ("SorrySorrySorry..."), so a fixed `refusal_text` must
+  open every safe response.
 
 Every other row is an ordinary example: loss on the assistant turn and its end-of-turn tokens, the
 same labels TRL builds for a prompt/completion row. Sequences are rendered with the student's own chat
@@ -38,11 +44,17 @@ def split_row(row: dict) -> tuple[list[dict], str]:
 
 
 def refusal_token_id(tokenizer, refusal_text: str) -> int:
-    """The first token of `refusal_text` as it starts an assistant turn: RTO's target at every position."""
+    """The first token of `refusal_text` as it starts an assistant turn."""
     ids = tokenizer.encode(refusal_text, add_special_tokens=False)
     if not ids:
         raise ValueError(f"refusal text {refusal_text!r} encodes to no tokens")
     return ids[0]
+
+
+def transition_ids(tokenizer, refusal_text: str) -> tuple[int, int]:
+    """RTO's targets: the first token of `refusal_text` opening the turn, and after a harmful word
+    (joined by a space, exactly as a prefix-MLE example joins prefix and safe response)."""
+    return refusal_token_id(tokenizer, refusal_text), refusal_token_id(tokenizer, " " + refusal_text.lstrip())
 
 
 def harmful_prefix(harmful: str, rng: random.Random, no_prefix_share: float) -> tuple[str, int]:
@@ -80,16 +92,19 @@ def mle_example(tokenizer, prompt: list[dict], answer: str, prefix: str = "") ->
     return {"input_ids": ids, "labels": labels}
 
 
-def rto_example(tokenizer, prompt: list[dict], harmful: str, refusal_id: int) -> dict:
-    """Labels = `refusal_id` on every harmful-response token and on the token after it (see module doc)."""
+def rto_example(tokenizer, prompt: list[dict], harmful: str, refusal_ids: tuple[int, int]) -> dict:
+    """Labels: the opening refusal token on the first harmful-response token, the mid-text one on every
+    later harmful token and on the token after the response (see module doc)."""
     ids, offsets, start = _render(tokenizer, prompt, harmful)
     end = start + len(harmful)
     span = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
     if not span or span[-1] + 1 >= len(ids):
         raise ValueError("RTO needs a non-empty harmful response followed by an end-of-turn token")
     labels = [IGNORE_INDEX] * len(ids)
-    for i in span + [span[-1] + 1]:
-        labels[i] = refusal_id
+    opening, mid = refusal_ids
+    labels[span[0]] = opening
+    for i in span[1:] + [span[-1] + 1]:
+        labels[i] = mid
     return {"input_ids": ids, "labels": labels}
 
 
@@ -104,7 +119,9 @@ def build_derta_examples(rows: list[dict], tokenizer, params: SFTParams, seed: i
     derta = params.derta
     rng = random.Random(seed)
     whole, frac = divmod(derta.rto_share, 1.0)
-    fixed_refusal = None if derta.refusal_text is None else refusal_token_id(tokenizer, derta.refusal_text)
+    fixed_refusal = None if derta.refusal_text is None else transition_ids(tokenizer, derta.refusal_text)
+    if fixed_refusal is not None:
+        _check_refusal_text(rows, tokenizer, derta.refusal_text, fixed_refusal[0])
     out = []
     for row in rows:
         prompt, answer = split_row(row)
@@ -115,7 +132,18 @@ def build_derta_examples(rows: list[dict], tokenizer, params: SFTParams, seed: i
             continue
         prefix, k = harmful_prefix(harmful, rng, derta.no_prefix_share)
         out.append({**mle_example(tokenizer, prompt, answer, prefix), "kind": "prefix", "prefix_words": k, **meta})
-        refusal = fixed_refusal if fixed_refusal is not None else refusal_token_id(tokenizer, answer)
+        refusal = fixed_refusal or transition_ids(tokenizer, answer)
         for _ in range(int(whole) + (rng.random() < frac)):
             out.append({**rto_example(tokenizer, prompt, harmful, refusal), "kind": "rto", "prefix_words": 0, **meta})
     return out
+
+
+def _check_refusal_text(rows: list[dict], tokenizer, refusal_text: str, opening: int) -> None:
+    """A fixed RTO target must open every safe response, or RTO trains a token nothing continues."""
+    answers = [split_row(r)[1] for r in rows if r.get("role") == "harmful" and r.get("harmful_response")]
+    off = [a for a in answers if refusal_token_id(tokenizer, a) != opening]
+    if off:
+        raise ValueError(f"sft.derta.refusal_text {refusal_text!r} does not open {len(off)} of the {len(answers)} "
+                         f"safe responses (e.g. {off[0][:60]!r}); RTO would teach a transition token that no "
+                         "training example continues. Set sft.derta.refusal_text: null to use each response's "
+                         "own first token")

@@ -66,27 +66,32 @@ def test_no_prefix_share_one_gives_no_prefix(tokenizer):
         assert e["input_ids"] == plain["input_ids"] and e["labels"] == plain["labels"]
 
 
-def test_rto_labels_are_the_refusal_token_over_the_whole_harmful_response(tokenizer, prompt_ids):
+def test_rto_labels_are_the_safe_response_opening_over_the_whole_harmful_response(tokenizer, prompt_ids):
+    (prefix,) = [e for e in build_derta_examples([harmful_row()], tokenizer, params(no_prefix_share=0.0, rto_share=0),
+                                                 seed=0) if e["kind"] == "prefix"]
     (rto,) = [e for e in build_derta_examples([harmful_row()], tokenizer, params(), seed=0) if e["kind"] == "rto"]
     ids, labels = rto["input_ids"], rto["labels"]
-    sorry = tokenizer.encode("Sorry", add_special_tokens=False)[0]
-    assert refusal_token_id(tokenizer, "Sorry") == sorry and tokenizer.decode([sorry]) == "Sorry"
+    opening, mid = (tokenizer.encode(t, add_special_tokens=False)[0] for t in ("I", " I"))
+    assert opening != mid and mid == prefix["input_ids"][first_label(prefix)]  # what prefix-MLE continues
     start = len(tokenizer(prompt_ids, add_special_tokens=False)["input_ids"])  # first harmful token
     end_of_turn = ids.index(tokenizer.convert_tokens_to_ids("<|im_end|>"), start)
     assert tokenizer.decode(ids[:start]) == prompt_ids
     assert tokenizer.decode(ids[start:end_of_turn]) == HARMFUL
-    # labels at start..end_of_turn (inclusive): after the shift, the last prompt token and every
-    # harmful token (the last one too) are trained to predict "Sorry" next
-    assert labels[start:end_of_turn + 1] == [sorry] * (end_of_turn + 1 - start)
+    # labels at start..end_of_turn (inclusive): after the shift, the last prompt token predicts the turn's
+    # opening "I", every harmful token (the last one too) the mid-text " I" that prefix-MLE then continues
+    assert labels[start:end_of_turn + 1] == [opening] + [mid] * (end_of_turn - start)
     assert set(labels[:start]) == {IGNORE_INDEX} and set(labels[end_of_turn + 1:]) == {IGNORE_INDEX}
 
 
-def test_rto_target_from_the_safe_response_when_no_refusal_text(tokenizer):
-    examples = build_derta_examples([harmful_row()], tokenizer, params(refusal_text=None, no_prefix_share=1.0), seed=0)
-    prefix, rto = examples
-    safe_first = prefix["input_ids"][first_label(prefix)]  # first token of the safe response, in context
-    assert tokenizer.decode([safe_first]) == "I"
-    assert {label for label in rto["labels"] if label != IGNORE_INDEX} == {safe_first}
+def test_a_fixed_refusal_text_must_open_every_safe_response(tokenizer):
+    sorry_row = {**harmful_row(1), "messages": PROMPT + [{"role": "assistant", "content": "Sorry, I can't."}]}
+    (rto,) = [e for e in build_derta_examples([sorry_row], tokenizer, params(refusal_text="Sorry"), seed=0)
+              if e["kind"] == "rto"]
+    sorry = refusal_token_id(tokenizer, "Sorry")
+    assert tokenizer.decode([sorry]) == "Sorry" and sorry in rto["labels"]
+    # the paper's "Sorry" over safe responses that open with "I": nothing would continue it
+    with pytest.raises(ValueError, match=r"refusal_text 'Sorry' does not open 1 of the 2 safe responses"):
+        build_derta_examples([sorry_row, harmful_row()], tokenizer, params(refusal_text="Sorry"), seed=0)
 
 
 def test_mixing_ratio_and_rows_without_harmful_response(tokenizer):
