@@ -253,13 +253,6 @@ def _load_with_adapter(student: ModelParams, adapter_dir: Path, trainable: bool,
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
 
 
-def start_dirs(params: POParams, sft_dir: str | Path = "checkpoints/sft",
-               sft_variants_dir: str | Path = "checkpoints/sft_variants") -> dict[str, Path]:
-    """po.variants name -> the SFT adapter it continues (its `start`): sft, or an sft.variants adapter."""
-    return {name: Path(sft_dir) if v.start == "sft" else Path(sft_variants_dir) / v.start
-            for name, v in params.variants.items()}
-
-
 def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Path, variant_name: str,
                      variant: POVariantParams, params: POParams, output_dir: str | Path, seed: int,
                      log: Log = print, model=None, tokenizer=None):
