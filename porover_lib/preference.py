@@ -45,10 +45,6 @@ def _message(role: str, text: str) -> list[dict]:
     return [{"role": role, "content": text}]
 
 
-def _best(rows: list[dict]) -> dict:
-    return max(rows, key=lambda r: (r.get("reward") or 0.0, -r["sample_index"]))
-
-
 def _pair(kind: str, prompt_row: dict, chosen: dict, rejected: dict, rate: float, tau: float, seed: int) -> dict:
     return {
         "id": f"pair-{kind}-{prompt_row['prompt_id']}",
@@ -93,7 +89,8 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
             if not chosen:
                 dropped["over_refusal: no compliant safe teacher completion"] += 1
                 continue
-            pairs.append(_pair("over_refusal", first, _best(chosen), rng.choice(refusals), rates[pid], tau, seed))
+            best = pick_one(chosen, "best_of_n", rng)
+            pairs.append(_pair("over_refusal", first, best, rng.choice(refusals), rates[pid], tau, seed))
         elif first["role"] == "harmful":
             unsafe = sorted((r for r in samples if r["safety_label"] == "unsafe"), key=lambda r: r["sample_index"])
             if not unsafe and safety_rejected == "student_or_teacher":
@@ -107,7 +104,7 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
         if not chosen:
             dropped["safety: no safe teacher completion"] += 1
             continue
-        pick = _best(chosen) if harmful_strategy == "best_of_n" else pick_one(chosen, harmful_strategy, rng)
+        pick = pick_one(chosen, harmful_strategy, rng)
         pairs.append(_pair("safety", first, pick, rng.choice(unsafe), rates[pid], tau, seed))
     pairs.sort(key=lambda p: p["id"])
     return pairs, report(student_rows, pairs, dropped, tau)

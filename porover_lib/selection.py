@@ -24,8 +24,8 @@ def acceptable(row: dict) -> bool:
 
 def pick_one(candidates: list[dict], strategy: str, rng: random.Random) -> dict:
     if strategy == "best_of_n":
-        # ties broken by sample index, so the choice never depends on file order
-        return max(candidates, key=lambda r: (r["reward"], -r["sample_index"]))
+        # ties broken by sample index, so the choice never depends on file order; unscored rows count 0
+        return max(candidates, key=lambda r: (r.get("reward") or 0.0, -r["sample_index"]))
     if strategy == "random":
         return rng.choice(sorted(candidates, key=lambda r: r["sample_index"]))
     if strategy == "longest":
