@@ -140,21 +140,17 @@ def report(kind: str, before: dict, after: dict, peak: float, matmul_params: flo
 
 
 def plot(curves: dict) -> Path:
-    import matplotlib
+    from porover_lib.figures import figure, finish
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = figure((10, 3.5), ncols=2)
     for ax, kind in zip(axes, ("sft", "dpo")):
         for label in ("before", "after"):
             losses = curves[kind][label]
             ax.plot(range(1, len(losses) + 1), losses, label=label, marker=".")
         ax.set(title=f"{kind.upper()} loss, same data and seed", xlabel="optimiser step", ylabel="training loss (nats)")
         ax.legend()
-    fig.tight_layout()
     path = OUT / "train_loss.png"
-    fig.savefig(path, dpi=110)
+    finish(fig, path)
     return path
 
 
