@@ -84,17 +84,3 @@ def test_attack_prefixes_come_from_the_base_models_unsafe_answers(params):
     assert records[0].prompt == harmful[0].prompt and records[0].prefill not in harmful[0].references
     assert stages.attack_records(params, judged[judged["safety_label"] == "safe"]) == []
 
-
-def test_checkpoint_and_start_folders_follow_the_variant_names(params, tmp_path):
-    sft, po, variants = tmp_path / "sft", tmp_path / "po", tmp_path / "sft_variants"
-    dirs = [sft, variants / "derta"] + [po / name for name in params.po.variants]
-    for d in dirs:
-        d.mkdir(parents=True)
-    found = stages.checkpoint_dirs(params, sft, po, variants)
-    assert found["base"] is None and found["sft"] == sft and found["derta"] == variants / "derta"
-    assert found["po"] == po / "po" and found["po_derta"] == po / "po_derta"
-    starts = stages.start_dirs(params, sft, variants)
-    assert starts["po"] == sft and starts["po_derta"] == variants / "derta"
-    (variants / "derta").rmdir()
-    with pytest.raises(FileNotFoundError, match="checkpoint 'derta'"):
-        stages.checkpoint_dirs(params, sft, po, variants)
