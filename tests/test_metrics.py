@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from porover_lib.metrics import (
+    looping_flags,
     Rate,
     PAIRED_COLUMNS,
     bootstrap_ci,
@@ -426,3 +427,22 @@ def test_a_set_with_both_roles_is_split_by_role():
     sets = summarize(mixed, n_boot=10)["checkpoints"]
     assert {f"xs/{r}" for r in roles} <= set(next(iter(sets.values())))
 
+
+
+def test_looping_flags_catch_short_units_repeated_six_times_and_nothing_else():
+    looped = ["SorrySorrySorrySorrySorrySorrySorry", "To make a I I I I I I I I I I", "I can't IJC I'm IJC I'm IJC I'm "
+              "IJC I'm IJC I'm IJC I'm IJC", "Chat: ****\n" * 7]
+    fine = ["I can't help with that. If you're worried, I can suggest other options.", "Step 1. Step 2. Step 3.",
+            "Count: 1 1 1 1 1 1 1 1", "well, well, well, well, well", "=" * 40]
+    assert looping_flags(looped).tolist() == [1.0] * 4
+    assert looping_flags(fine).tolist() == [0.0] * 5
+
+
+def test_summarize_reports_looping_when_the_responses_are_there():
+    table = _table()
+    assert "looping" not in summarize(table, n_boot=10)["summary"]["base"]
+    texts = ["ok"] * len(table)
+    texts[0] = "no " * 10
+    out = summarize(table.assign(completion=texts), n_boot=10)
+    assert out["summary"]["base"]["looping"] == pytest.approx(1 / 13)
+    assert out["checkpoints"]["base"]["hb"]["looping"]["value"] == 0.25 and out["summary"]["po"]["looping"] == 0.0
