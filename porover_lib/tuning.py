@@ -1,13 +1,16 @@
 """Tuning on the validation split: train recipe variants, score each on training prompts kept back
 for it (`split: val`, prompts.VAL_SHARE), never on the eval sets.
 
-    python -m porover_lib.tuning sft params/tuning.yaml   # SFT variants on data/sft/judged.jsonl
-    python -m porover_lib.tuning po params/tuning.yaml    # PO variants from data/preference/student_judged.jsonl
+    python -m porover_lib.tuning sft params/tuning.yaml    # SFT variants on data/sft/judged.jsonl
+    python -m porover_lib.tuning po params/tuning.yaml     # PO variants from data/preference/student_judged.jsonl
+    python -m porover_lib.tuning derta params/tuning.yaml  # a block with `stage: sft`: DeRTa's variants
 
-The grid file names the profile and, per stage, variants as overrides of that profile's `sft` (and
-`select`: SFT data) or `po` block. Each variant's validation rates land in outputs/tuning/<stage>.json; the choice is the variant
+The grid file names the profile and, per block, the stage it tunes (`stage`, default: the block's name)
+and variants as overrides of that profile's `sft` (and `select`: SFT data) or `po` block. Each variant's
+validation rates land in outputs/tuning/<block>.json; the choice is the variant
 with the highest mean of safety and usefulness (general and seemingly-toxic) among those whose safety is
-within `safety_margin` of the best. The pipeline itself never reads these files: the chosen values are
+within `safety_margin` of the best, after leaving out variants that loop (metrics.looping_flags) in more
+than 5% of their answers. The pipeline itself never reads these files: the chosen values are
 copied into the profile by hand, so a reader sees them in params/.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import yaml
 
 from .config import Params, PromptSetParams, deep_merge, load_params
 from .io import read_jsonl
-from .metrics import refusal_flags, safety_rate, usefulness_rate
+from .metrics import looping_flags, refusal_flags, safety_rate, usefulness_rate
 from .prompts import load_prompt_set
 from .selection import sft_rows
 
@@ -53,14 +56,21 @@ def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, o
     safety = safety_rate((judged.loc[judged["role"] == "harmful", "safety_label"] == "safe").to_numpy(), seed=params.seed)
     usefulness = usefulness_rate(refused[judged["role"] == "seemingly_toxic"].to_numpy(), seed=params.seed)
     return {"general_refusal": float(refused[judged["role"] == "general"].mean()),
+            "looping": float(looping_flags(judged["completion"]).mean()),
             "toxic_refusal": 1 - usefulness.value, "safety": safety.value, "usefulness": usefulness.value,
             "safety_low": safety.low, "safety_high": safety.high,
             "usefulness_low": usefulness.low, "usefulness_high": usefulness.high}
 
 
-def choose(results: dict[str, dict], safety_margin: float) -> str:
+def choose(results: dict[str, dict], safety_margin: float, max_looping: float = 0.05) -> str:
     """The variant with the best mean of safety, usefulness and general compliance, among those whose
-    safety is within `safety_margin` of the best variant's."""
+    safety is within `safety_margin` of the best variant's. Variants with more than `max_looping` of
+    their answers in a loop are left out first: the keyword judge cannot read those answers."""
+    readable = {k: r for k, r in results.items() if r.get("looping", 0.0) <= max_looping}
+    if not readable:
+        raise ValueError(f"every variant loops in more than {max_looping:.0%} of its answers: "
+                         + ", ".join(f"{k} {r['looping']:.2f}" for k, r in results.items()))
+    results = readable
     best_safety = max(r["safety"] for r in results.values())
     ok = {k: r for k, r in results.items() if r["safety"] >= best_safety - safety_margin}
     return max(ok, key=lambda k: (ok[k]["safety"] + ok[k]["usefulness"] + 1 - ok[k]["general_refusal"]) / 3)
@@ -102,11 +112,16 @@ def _train_po(params: Params, overrides: dict, val_ids: set[str], out: Path, spe
             "pairs_by_kind": report["pairs_by_kind"]}
 
 
-def tune(stage: str, grid_path: str | Path) -> dict:
+def tune(block: str, grid_path: str | Path) -> dict:
     grid = yaml.safe_load(Path(grid_path).read_text())
     params = load_params(grid["profile"])
-    spec = grid[stage]
-    work = Path(spec.get("work_dir", f"checkpoints/tuning/{stage}"))
+    if block not in grid:
+        raise ValueError(f"{grid_path}: no block {block!r}; blocks: {[k for k in grid if k != 'profile']}")
+    spec = grid[block]
+    stage = spec.get("stage", block)
+    if stage not in ("sft", "po"):
+        raise ValueError(f"{grid_path}: block {block!r} tunes stage {stage!r}; set `stage: sft` or `stage: po`")
+    work = Path(spec.get("work_dir", f"checkpoints/tuning/{block}"))
     val = validation_sets(spec.get("val_limit"))
     val_ids = {r.id for records in val.values() for r in records}
     results = {}
@@ -116,17 +131,24 @@ def tune(stage: str, grid_path: str | Path) -> dict:
                                                      spec.get("max_new_tokens", 48)), "overrides": None}
     for name, overrides in spec["variants"].items():
         started, out = time.time(), work / name
+        done = out / "variant.json"  # a finished variant with the same overrides is read back, not retrained
+        if done.is_file() and json.loads(done.read_text())["overrides"] == (overrides or {}):
+            results[name] = json.loads(done.read_text())
+            print(name, "(done before)", flush=True)
+            continue
         train = _train_sft if stage == "sft" else _train_po
         record = train(params, dict(overrides or {}), val_ids, out, spec)
         rates = validation_rates(params, out, name, val, out, spec.get("max_new_tokens", 48))
         results[name] = {**rates, "overrides": overrides or {}, "params": record,
                          "seconds": round(time.time() - started)}
+        done.write_text(json.dumps(results[name], indent=1))
         print(name, {k: round(v, 3) for k, v in rates.items()}, flush=True)
     chosen = choose({k: v for k, v in results.items() if v["overrides"] is not None}, spec.get("safety_margin", 0.05))
-    report = {"stage": stage, "profile": grid["profile"], "val_prompts": {k: len(v) for k, v in val.items()},
+    report = {"block": block, "stage": stage, "profile": grid["profile"], "val_prompts": {k: len(v) for k, v in val.items()},
               "rule": f"best mean of safety, usefulness and general compliance among variants within "
-                      f"{spec.get('safety_margin', 0.05)} of the best safety", "chosen": chosen, "variants": results}
-    path = Path("outputs/tuning") / f"{stage}.json"
+                      f"{spec.get('safety_margin', 0.05)} of the best safety, after leaving out those looping "
+                      f"in more than 5% of their answers", "chosen": chosen, "variants": results}
+    path = Path("outputs/tuning") / f"{block}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     from .plots import tradeoff_plane
@@ -138,10 +160,10 @@ def tune(stage: str, grid_path: str | Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["sft", "po"])
-    parser.add_argument("grid", help="YAML file: profile, and per stage the variants (see params/tuning.yaml)")
+    parser.add_argument("block", help="a block of the grid file: sft, po, or one with its own `stage`")
+    parser.add_argument("grid", help="YAML file: profile, and per block the variants (see params/tuning.yaml)")
     args = parser.parse_args(argv)
-    tune(args.stage, args.grid)
+    tune(args.block, args.grid)
 
 
 if __name__ == "__main__":
