@@ -166,6 +166,9 @@ class DertaParams(Strict):
 
     no_prefix_share: float = Field(default=0.5, ge=0.0, le=1.0)  # harmful examples kept without a prefix
     rto_share: float = Field(default=1.0, ge=0.0)  # RTO examples per harmful example with a harmful response
+    # RTO labels per example: None = every position of the harmful response (the paper); k = k positions drawn
+    # at random, so RTO's single target does not outweigh what follows a refusal's first token
+    rto_positions: int | None = Field(default=None, ge=1)
     # RTO trains "refuse next" at every harmful position. None: the first token of each row's own safe
     # response. A fixed text (the paper's "Sorry") must open every safe response (checked when building).
     refusal_text: str | None = None

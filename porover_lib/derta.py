@@ -92,19 +92,23 @@ def mle_example(tokenizer, prompt: list[dict], answer: str, prefix: str = "") ->
     return {"input_ids": ids, "labels": labels}
 
 
-def rto_example(tokenizer, prompt: list[dict], harmful: str, refusal_ids: tuple[int, int]) -> dict:
+def rto_example(tokenizer, prompt: list[dict], harmful: str, refusal_ids: tuple[int, int],
+                positions: int | None = None, rng: random.Random | None = None) -> dict:
     """Labels: the opening refusal token on the first harmful-response token, the mid-text one on every
-    later harmful token and on the token after the response (see module doc)."""
+    later harmful token and on the token after the response (see module doc); with `positions`, only
+    that many of those positions, drawn with `rng`."""
     ids, offsets, start = _render(tokenizer, prompt, harmful)
     end = start + len(harmful)
     span = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
     if not span or span[-1] + 1 >= len(ids):
         raise ValueError("RTO needs a non-empty harmful response followed by an end-of-turn token")
+    labelled = span + [span[-1] + 1]
+    if positions is not None and positions < len(labelled):
+        labelled = sorted((rng or random.Random(0)).sample(labelled, positions))
     labels = [IGNORE_INDEX] * len(ids)
     opening, mid = refusal_ids
-    labels[span[0]] = opening
-    for i in span[1:] + [span[-1] + 1]:
-        labels[i] = mid
+    for i in labelled:
+        labels[i] = opening if i == span[0] else mid
     return {"input_ids": ids, "labels": labels}
 
 
@@ -134,7 +138,8 @@ def build_derta_examples(rows: list[dict], tokenizer, params: SFTParams, seed: i
         out.append({**mle_example(tokenizer, prompt, answer, prefix), "kind": "prefix", "prefix_words": k, **meta})
         refusal = fixed_refusal or transition_ids(tokenizer, answer)
         for _ in range(int(whole) + (rng.random() < frac)):
-            out.append({**rto_example(tokenizer, prompt, harmful, refusal), "kind": "rto", "prefix_words": 0, **meta})
+            example = rto_example(tokenizer, prompt, harmful, refusal, derta.rto_positions, rng)
+            out.append({**example, "kind": "rto", "prefix_words": 0, **meta})
     return out
 
 

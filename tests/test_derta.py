@@ -131,3 +131,12 @@ def test_rows_must_end_with_the_assistant(tokenizer):
     bad = {**GENERAL, "messages": GENERAL["messages"][:1]}
     with pytest.raises(ValueError, match="must end with an assistant message"):
         build_derta_examples([bad], tokenizer, params(), seed=0)
+
+
+def test_rto_positions_label_that_many_positions_of_the_harmful_response(tokenizer):
+    (every,) = [e for e in build_derta_examples([harmful_row()], tokenizer, params(), seed=0) if e["kind"] == "rto"]
+    (some,) = [e for e in build_derta_examples([harmful_row()], tokenizer, params(rto_positions=4), seed=0)
+               if e["kind"] == "rto"]
+    labelled = [i for i, label in enumerate(some["labels"]) if label != IGNORE_INDEX]
+    assert some["input_ids"] == every["input_ids"] and len(labelled) == 4
+    assert all(some["labels"][i] == every["labels"][i] for i in labelled)  # the same targets, fewer of them
