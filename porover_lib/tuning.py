@@ -62,15 +62,14 @@ def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, o
             "usefulness_low": usefulness.low, "usefulness_high": usefulness.high}
 
 
-def choose(results: dict[str, dict], safety_margin: float, max_looping: float = 0.05) -> str:
+def choose(results: dict[str, dict], safety_margin: float, max_looping: float = 0.05) -> str | None:
     """The variant with the best mean of safety, usefulness and general compliance, among those whose
     safety is within `safety_margin` of the best variant's. Variants with more than `max_looping` of
-    their answers in a loop are left out first: the keyword judge cannot read those answers."""
-    readable = {k: r for k, r in results.items() if r.get("looping", 0.0) <= max_looping}
-    if not readable:
-        raise ValueError(f"every variant loops in more than {max_looping:.0%} of its answers: "
-                         + ", ".join(f"{k} {r['looping']:.2f}" for k, r in results.items()))
-    results = readable
+    their answers in a loop are left out first: the keyword judge cannot read those answers. None when
+    every variant loops."""
+    results = {k: r for k, r in results.items() if r.get("looping", 0.0) <= max_looping}
+    if not results:
+        return None
     best_safety = max(r["safety"] for r in results.values())
     ok = {k: r for k, r in results.items() if r["safety"] >= best_safety - safety_margin}
     return max(ok, key=lambda k: (ok[k]["safety"] + ok[k]["usefulness"] + 1 - ok[k]["general_refusal"]) / 3)
@@ -154,7 +153,7 @@ def tune(block: str, grid_path: str | Path) -> dict:
     from .plots import tradeoff_plane
 
     tradeoff_plane({"summary": results}, path=path.with_suffix(".png"))
-    print(f"chosen: {chosen} -> {path}")
+    print(f"chosen: {chosen or 'none: every variant loops in more than 5% of its answers'} -> {path}")
     return report
 
 

@@ -20,8 +20,7 @@ def test_choose_prefers_usefulness_among_the_safe_enough():
 def test_choose_leaves_out_variants_whose_answers_loop():
     results = {"looping": rates(0.99, 0.95, 0.01, looping=0.4), "plain": rates(0.90, 0.60, 0.20)}
     assert choose(results, safety_margin=0.05) == "plain"
-    with pytest.raises(ValueError, match="every variant loops.*looping 0.40"):
-        choose({"looping": results["looping"]}, safety_margin=0.05)
+    assert choose({"looping": results["looping"]}, safety_margin=0.05) is None
 
 
 def test_a_grid_block_must_exist_and_name_a_stage(tmp_path):
