@@ -10,7 +10,7 @@ and variants as overrides of that profile's `sft` (and `select`: SFT data) or `p
 validation rates land in outputs/tuning/<block>.json; the choice is the variant
 with the highest mean of safety and usefulness (general and seemingly-toxic) among those whose safety is
 within `safety_margin` of the best, after leaving out variants that loop (metrics.looping_flags) in more
-than 5% of their answers. The pipeline itself never reads these files: the chosen values are
+than MAX_LOOPING of their answers. The pipeline itself never reads these files: the chosen values are
 copied into the profile by hand, so a reader sees them in params/.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .prompts import load_prompt_set
 from .selection import sft_rows
 
 VAL_SETS = ("general", "harmful", "seemingly_toxic")  # embedded set names, which are also their roles
+MAX_LOOPING = 0.05  # variants looping in more of their answers are left out of the choice
 
 
 def validation_sets(limit: int | None = None) -> dict[str, list]:
@@ -62,7 +63,7 @@ def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, o
             "usefulness_low": usefulness.low, "usefulness_high": usefulness.high}
 
 
-def choose(results: dict[str, dict], safety_margin: float, max_looping: float = 0.05) -> str | None:
+def choose(results: dict[str, dict], safety_margin: float, max_looping: float = MAX_LOOPING) -> str | None:
     """The variant with the best mean of safety, usefulness and general compliance, among those whose
     safety is within `safety_margin` of the best variant's. Variants with more than `max_looping` of
     their answers in a loop are left out first: the keyword judge cannot read those answers. None when
@@ -131,8 +132,9 @@ def tune(block: str, grid_path: str | Path) -> dict:
     for name, overrides in spec["variants"].items():
         started, out = time.time(), work / name
         done = out / "variant.json"  # a finished variant with the same overrides is read back, not retrained
-        if done.is_file() and json.loads(done.read_text())["overrides"] == (overrides or {}):
-            results[name] = json.loads(done.read_text())
+        before = json.loads(done.read_text()) if done.is_file() else None
+        if before is not None and before["overrides"] == (overrides or {}):
+            results[name] = before
             print(name, "(done before)", flush=True)
             continue
         train = _train_sft if stage == "sft" else _train_po
@@ -146,14 +148,14 @@ def tune(block: str, grid_path: str | Path) -> dict:
     report = {"block": block, "stage": stage, "profile": grid["profile"], "val_prompts": {k: len(v) for k, v in val.items()},
               "rule": f"best mean of safety, usefulness and general compliance among variants within "
                       f"{spec.get('safety_margin', 0.05)} of the best safety, after leaving out those looping "
-                      f"in more than 5% of their answers", "chosen": chosen, "variants": results}
+                      f"in more than {MAX_LOOPING:.0%} of their answers", "chosen": chosen, "variants": results}
     path = Path("outputs/tuning") / f"{block}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     from .plots import tradeoff_plane
 
     tradeoff_plane({"summary": results}, path=path.with_suffix(".png"))
-    print(f"chosen: {chosen or 'none: every variant loops in more than 5% of its answers'} -> {path}")
+    print(f"chosen: {chosen or f'none: every variant loops in more than {MAX_LOOPING:.0%} of its answers'} -> {path}")
     return report
 
 

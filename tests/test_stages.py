@@ -83,4 +83,3 @@ def test_attack_prefixes_come_from_the_base_models_unsafe_answers(params):
     assert records[0].prefill == " ".join(f"w{i}" for i in range(params.evaluate.attack.prefix_words))
     assert records[0].prompt == harmful[0].prompt and records[0].prefill not in harmful[0].references
     assert stages.attack_records(params, judged[judged["safety_label"] == "safe"]) == []
-
