@@ -1,9 +1,10 @@
 """Stage 04, POROver's preference data: teach an over-refusing student to answer benign prompts.
 
 The SFT student samples M completions per prompt; its refusal rate per prompt decides the pairs:
-- over-refusal pairs: seemingly-toxic (benign) prompts refused at a rate >= tau (the containment
-  threshold) and at least once; chosen = a teacher completion judged compliant and safe,
-  rejected = one of the student's refusals;
+- over-refusal pairs: benign prompts refused at a rate >= tau (the containment threshold) and at
+  least once; chosen = a teacher completion judged compliant and safe, rejected = one of the student's
+  refusals. Benign means seemingly-toxic, as in the paper, and also general when a general set is in
+  `preference.sets`: our addition, for a student whose SFT taught it to refuse plain requests too;
 - safety-preserving pairs: harmful prompts the student complied with unsafely; chosen = a safe teacher
   completion (a refusal or safe help), rejected = the unsafe compliance. A share of these
   (`safety_pair_share`) is kept, so optimisation toward helpfulness does not erode safety.
@@ -19,6 +20,7 @@ from collections import Counter
 from .selection import group_by_prompt, pick_one
 
 TAU_GRID = [round(0.1 * i, 1) for i in range(11)]
+BENIGN_ROLES = ("seemingly_toxic", "general")  # prompts a good assistant answers: refusing them is over-refusal
 
 
 class PreferenceDataError(ValueError):
@@ -81,7 +83,7 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
     for pid, samples in sorted(group_by_prompt(student_rows).items()):
         first = samples[0]
         refusals = sorted((r for r in samples if r["refusal_label"] != "compliance"), key=lambda r: r["sample_index"])
-        if first["role"] == "seemingly_toxic":
+        if first["role"] in BENIGN_ROLES:
             if rates[pid] < tau or not refusals:
                 continue
             chosen = [r for r in teacher.get(pid, []) if r["refusal_label"] == "compliance"
@@ -114,8 +116,8 @@ def report(student_rows: list[dict], pairs: list[dict], dropped: Counter, tau: f
     """What the notebook shows: refusal-rate distribution, pairs per category, prompts kept per tau."""
     rates = refusal_rates(student_rows)
     roles = {pid: rows[0]["role"] for pid, rows in group_by_prompt(student_rows).items()}
-    benign = {pid: rate for pid, rate in rates.items() if roles[pid] == "seemingly_toxic"}
-    harmful = {pid: rate for pid, rate in rates.items() if roles[pid] == "harmful"}
+    benign = {pid: rate for pid, rate in rates.items() if roles[pid] in BENIGN_ROLES}
+    by_role = {role: [rate for pid, rate in rates.items() if roles[pid] == role] for role in sorted(set(roles.values()))}
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {
         "tau": tau,
@@ -123,8 +125,7 @@ def report(student_rows: list[dict], pairs: list[dict], dropped: Counter, tau: f
         "pairs_by_kind": dict(Counter(p["kind"] for p in pairs)),
         "pairs_by_category": dict(sorted(Counter(f"{p['kind']}/{p['category']}" for p in pairs).items())),
         "dropped": dict(dropped),
-        "student_refusal_rate": {"seemingly_toxic": mean(list(benign.values())),
-                                 "harmful": mean(list(harmful.values()))},
+        "student_refusal_rate": {role: mean(rs) for role, rs in by_role.items()},
         "student_unsafe_rate_harmful": mean([r["safety_label"] == "unsafe" for r in student_rows
                                              if r["role"] == "harmful"]),
         "prompts_kept_by_tau": {str(t): sum(1 for rate in benign.values() if rate >= t and rate > 0)
