@@ -244,6 +244,10 @@ class POVariantParams(Strict):
     beta: float = Field(default=0.1, gt=0)
     # robust DPO's label-flip probability (paper: 0.1; with 0 'robust' equals 'sigmoid'); EXO's epsilon
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5)
+    # train only on the pairs whose prompt has one of these roles (over-refusal pairs of general prompts
+    # are "general", of seemingly-toxic ones "seemingly_toxic"; safety pairs "harmful"); None: every pair
+    pair_roles: list[str] | None = None
+    learning_rate: float | None = Field(default=None, gt=0, le=1.0)  # None: the po block's
 
     @model_validator(mode="after")
     def _losses_known(self) -> POVariantParams:
@@ -253,6 +257,8 @@ class POVariantParams(Strict):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for "
                              f"{len(self.loss_type)} loss types {self.loss_type}")
+        if self.pair_roles is not None and (not self.pair_roles or set(self.pair_roles) - set(ROLES)):
+            raise ValueError(f"pair_roles {self.pair_roles} must name one or more of {list(ROLES)}")
         if "exo_pair" in self.loss_type and self.label_smoothing == 0.0:
             raise ValueError("loss_type 'exo_pair' needs label_smoothing > 0 (the EXO paper uses 1e-3)")
         return self

@@ -261,8 +261,13 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
     from transformers import AutoTokenizer, set_seed
     from trl import DPOConfig, DPOTrainer
 
+    if variant.pair_roles is not None:
+        pairs = [p for p in pairs if p["role"] in variant.pair_roles]
     if not pairs:
-        raise ValueError(f"train_po[{variant_name}]: no preference pairs")
+        raise ValueError(f"train_po[{variant_name}]: no preference pairs"
+                         + (f" whose prompt role is one of pair_roles {variant.pair_roles}" if variant.pair_roles else ""))
+    if variant.learning_rate is not None:
+        params = params.model_copy(update={"learning_rate": variant.learning_rate})
     set_seed(seed)
     score_labelled_positions_only()
     sft_dir = Path(sft_dir)

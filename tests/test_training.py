@@ -210,6 +210,21 @@ def test_reference_is_the_frozen_sft_adapter_not_the_base(tiny_dir, sft_dir, tmp
     assert (policy - base).abs().max() > 1e-3  # the SFT adapter matters, so "ref" is not the base
 
 
+def test_a_variant_picks_its_pairs_and_learning_rate(tiny_dir, sft_dir, tmp_path):
+    student = ModelParams(name=str(tiny_dir), **FP32_CPU)
+    pairs = [{**p, "role": "harmful" if p["kind"] == "safety" else "seemingly_toxic"} for p in PAIRS]
+    variant = POVariantParams(pair_roles=["harmful"], learning_rate=1e-3)
+    trainer, record = build_po_trainer(pairs, student, sft_dir, "po", variant, POParams(batch_size=4, learning_rate=5e-5),
+                                       tmp_path, seed=0, log=QUIET)
+    assert len(trainer.train_dataset) == record["n_pairs"] == 1
+    assert trainer.args.learning_rate == record["po"]["learning_rate"] == 1e-3
+    with pytest.raises(ValueError, match=r"no preference pairs whose prompt role is one of pair_roles \['general'\]"):
+        build_po_trainer(pairs, student, sft_dir, "po", POVariantParams(pair_roles=["general"]), POParams(batch_size=4),
+                         tmp_path, seed=0, log=QUIET)
+    with pytest.raises(ValueError, match="pair_roles"):
+        POVariantParams(pair_roles=["benign"])
+
+
 @pytest.mark.parametrize("loss_type, factor", [
     ("sigmoid", 0.6), ("ipo", 0.6), ("robust", 0.6), ("apo_zero", 0.8), ("nca_pair", 0.95)])
 def test_dpo_family_learns_the_preferences(tiny_dir, sft_dir, tmp_path, loss_type, factor):
