@@ -204,7 +204,7 @@ def test_03_and_05_train_qlora_adapters_on_the_4bit_student(standin_run):
     sft = json.loads((work / "checkpoints" / "sft" / "params.json").read_text())
     assert sft["student"]["load_in_4bit"] and sft["bf16"] and sft["steps"] == 2
     assert (work / "checkpoints" / "sft" / "adapter_model.safetensors").is_file()
-    for variant, loss in (("dpo", "sigmoid"), ("nca", "nca_pair")):
+    for variant, loss in (("dpo", "sigmoid"), ("po", "nca_pair")):
         po = json.loads((work / "checkpoints" / "po" / variant / "params.json").read_text())
         assert po["variant_params"]["loss_type"] == [loss] and po["student"]["load_in_4bit"]
         assert po["reference"] == "frozen copy of the SFT adapter"
@@ -224,7 +224,7 @@ def test_04_pairs_come_from_eight_student_samples_per_prompt(standin_run):
 def test_06_metrics_for_every_paper_checkpoint_on_the_hub_eval_sets(standin_run):
     work, _, _ = standin_run
     metrics = json.loads((work / "outputs" / "metrics.json").read_text())
-    assert set(metrics["summary"]) == {"base", "sft", "dpo", "nca"}
+    assert set(metrics["summary"]) == {"base", "sft", "po", "dpo"}
     assert metrics["judges"]["safety"] == "llama_guard" and metrics["judges"]["reward"] == "hf_reward_model"
     for row in metrics["summary"].values():
         assert all(0.0 <= row[k] <= 1.0 for k in ("safety", "usefulness", "f1"))
