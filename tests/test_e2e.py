@@ -35,12 +35,15 @@ def test_every_stage_ran_and_wrote_its_outputs(smoke_run):
     assert all({"prompt", "chosen", "rejected", "kind"} <= set(p) for p in pairs)
     assert (work / "checkpoints" / "sft_variants" / "derta" / "adapter_model.safetensors").is_file()
     assert {p.parent.name for p in (work / "checkpoints" / "po").glob("*/adapter_model.safetensors")} == \
-        {"po", "dpo", "ipo", "po_derta"}
+        {"po", "dpo", "ipo", "po_derta", "po_general"}
     po_derta = json.loads((work / "checkpoints" / "po" / "po_derta" / "params.json").read_text())
     assert po_derta["sft_dir"].endswith("sft_variants/derta")  # POROver's step continues the DeRTa adapter
+    trained = {v: json.loads((work / "checkpoints" / "po" / v / "params.json").read_text())["n_pairs"]
+               for v in ("po", "po_general")}  # po: POROver's pairs; po_general: general over-refusal pairs too
+    assert trained == {"po": sum(p["role"] != "general" for p in pairs), "po_general": len(pairs)}
 
     metrics = json.loads((work / "outputs" / "metrics.json").read_text())
-    assert set(metrics["summary"]) == {"base", "sft", "derta", "po", "dpo", "ipo", "po_derta"}
+    assert set(metrics["summary"]) == {"base", "sft", "derta", "po", "dpo", "ipo", "po_derta", "po_general"}
     compared = {(t["checkpoint_a"], t["checkpoint_b"]) for t in metrics["paired_tests"]}
     assert {("base", "sft"), ("sft", "derta"), ("sft", "po"), ("derta", "po_derta")} <= compared
     attacked = jsonl(work / "data" / "eval" / "attack_judged.jsonl")
