@@ -11,7 +11,8 @@ DeRTa changes only *what* is trained on, so it enters TRL's `SFTTrainer` as a pr
   harmful response *and* on the token right after it (the end-of-turn token). A causal LM predicts the
   label at position t from position t-1, so the model learns "refuse next" from the last prompt
   token (before any harm) and from every harmful token, the last one included -- as in the paper's code,
-  which relabels the whole response span, EOS included.
+  which relabels the whole response span, EOS included. With `rto_positions` = k, only k positions
+  drawn at random carry that label (None, the default: every position, as in the paper).
 
   The target is the token that the prefix-MLE examples continue: the safe response's first token as it
   opens the turn (predicted from the last prompt token) and as it follows a harmful word after a space
