@@ -70,6 +70,10 @@ BAD = {  # kind of mistake -> (profile body, the line `porover check` must print
                              "teachers.api.base_url = 'localhost:8000/v1': not an http(s) URL"),
     "evaluated checkpoint listed twice": ("evaluate: {checkpoints: [base, sft, sft]}\n",
                                           "evaluate.checkpoints[2] = 'sft': listed twice"),
+    "pair roles no preference set gives": (
+        "preference: {sets: [toxic_train, harmful_train]}\npo: {variants: {po_general: {pair_roles: [general]}}}\n",
+        "po.variants.po_general.pair_roles = ['general']: no set in preference.sets has prompts of these roles; "
+        "they have ['harmful', 'seemingly_toxic']"),
     "4-bit without a GPU": ("student: {load_in_4bit: true}\n",
                             "student.load_in_4bit = True: needs a CUDA GPU and none is visible"),
     "cuda without a GPU": ("judges: {safety: {name: llama_guard, model: {name: embedded:smollm2-135m-instruct, "
