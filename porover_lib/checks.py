@@ -4,8 +4,8 @@
 looks outside it: prompt files exist and parse, model names resolve (a local path exists, an
 embedded name is known, a hub id is well-formed and, with the hub reachable, exists), API key
 variables are set, evaluated checkpoints are defined, each preference variant's `pair_roles` has pairs
-to train on, and a CUDA device is there when the profile asks for one. Each problem is one line naming the key and its value; an API key is never read
-beyond "is it set".
+to train on, and a CUDA device is there when the profile asks for one. Each problem is one line naming
+the key and its value; an API key is never read beyond "is it set".
 """
 from __future__ import annotations
 
@@ -190,14 +190,19 @@ def _pair_roles(params: Params):
     """A variant's `pair_roles` must name a role that stage 04's sets give, or stage 05 stops after 04 ran."""
     from .prompts import EMBEDDED_SETS, HUB_SOURCES
 
+    def declared(spec) -> str | None:
+        if spec.source == "embedded":
+            return EMBEDDED_SETS.get(spec.name)
+        if spec.source == "hub":
+            return HUB_SOURCES[spec.name].role if spec.name in HUB_SOURCES else None
+        return spec.role
+
     roles = set()
     for name in params.preference.sets:
-        spec = params.prompts[name]
-        role = (EMBEDDED_SETS.get(spec.name) if spec.source == "embedded" else
-                HUB_SOURCES[spec.name].role if spec.source == "hub" and spec.name in HUB_SOURCES else spec.role)
+        role = declared(params.prompts[name])
         roles |= {role} if role else {"harmful", "seemingly_toxic"}  # None: each row's label decides
     for name, variant in params.po.variants.items():
-        if variant is not None and variant.pair_roles is not None and not roles & set(variant.pair_roles):
+        if variant.pair_roles is not None and not roles & set(variant.pair_roles):
             yield Problem(f"po.variants.{name}.pair_roles", variant.pair_roles,
                           f"no set in preference.sets has prompts of these roles; they have {sorted(roles)}")
 

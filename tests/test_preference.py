@@ -118,7 +118,8 @@ def test_refused_general_prompts_become_over_refusal_pairs():
     """A general set in preference.sets: plain requests the student refuses at >= tau are over-refusal too."""
     general = [sample("g0", i, "general", refused=i < 3) for i in range(4)]  # refused 3 of 4 times
     general += [sample("g1", i, "general", refused=False) for i in range(4)]
-    teacher = teacher_set() + [{**sample(g, 0, "general", refused=False), "completion": f"help {g}"} for g in ("g0", "g1")]
+    teacher = teacher_set() + [{**sample(g, 0, "general", refused=False), "completion": f"help {g}"}
+                               for g in ("g0", "g1")]
     pairs, report = build_pairs(student_set() + general, teacher, 0.75)
     over = {p["prompt_id"]: p for p in pairs if p["kind"] == "over_refusal"}
     assert sorted(over) == ["b4", "g0"] and over["g0"]["chosen"][0]["content"] == "help g0"

@@ -214,8 +214,8 @@ def test_a_variant_picks_its_pairs_and_learning_rate(tiny_dir, sft_dir, tmp_path
     student = ModelParams(name=str(tiny_dir), **FP32_CPU)
     pairs = [{**p, "role": "harmful" if p["kind"] == "safety" else "seemingly_toxic"} for p in PAIRS]
     variant = POVariantParams(pair_roles=["harmful"], learning_rate=1e-3)
-    trainer, record = build_po_trainer(pairs, student, sft_dir, "po", variant, POParams(batch_size=4, learning_rate=5e-5),
-                                       tmp_path, seed=0, log=QUIET)
+    trainer, record = build_po_trainer(pairs, student, sft_dir, "po", variant,
+                                       POParams(batch_size=4, learning_rate=5e-5), tmp_path, seed=0, log=QUIET)
     assert len(trainer.train_dataset) == record["n_pairs"] == 1
     assert trainer.args.learning_rate == record["po"]["learning_rate"] == 1e-3
     with pytest.raises(ValueError, match=r"no preference pairs whose prompt role is one of pair_roles \['general'\]"):
