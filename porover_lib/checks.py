@@ -188,18 +188,11 @@ def _checkpoints(params: Params):
 
 def _pair_roles(params: Params):
     """A variant's `pair_roles` must name a role that stage 04's sets give, or stage 05 stops after 04 ran."""
-    from .prompts import EMBEDDED_SETS, HUB_SOURCES
-
-    def declared(spec) -> str | None:
-        if spec.source == "embedded":
-            return EMBEDDED_SETS.get(spec.name)
-        if spec.source == "hub":
-            return HUB_SOURCES[spec.name].role if spec.name in HUB_SOURCES else None
-        return spec.role
+    from .prompts import declared_role
 
     roles = set()
     for name in params.preference.sets:
-        role = declared(params.prompts[name])
+        role = declared_role(params.prompts[name])
         roles |= {role} if role else {"harmful", "seemingly_toxic"}  # None: each row's label decides
     for name, variant in params.po.variants.items():
         if variant.pair_roles is not None and not roles & set(variant.pair_roles):

@@ -220,7 +220,7 @@ class SFTParams(Strict):
 class PreferenceParams(Strict):
     """Stage 04: student overgeneration, refusal rates, containment threshold tau, pairs."""
 
-    sets: list[str] = Field(default_factory=list)  # prompt sets (seemingly-toxic and harmful roles)
+    sets: list[str] = Field(default_factory=list)  # prompt sets: seemingly-toxic, harmful, and optionally general
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=4, temperature=0.8, top_p=0.95))
     tau: float = Field(default=0.5, ge=0.0, le=1.0)  # prompts refused at a rate >= tau become pairs
     teacher: str | None = None  # teacher for chosen answers not already overgenerated in stage 01

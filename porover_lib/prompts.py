@@ -202,6 +202,16 @@ def load_hub(name: str, revision: str | None = None, local_path: str | None = No
                      src.columns, src.role, src.label, src.template)
 
 
+def declared_role(spec: PromptSetParams) -> str | None:
+    """The role a params entry gives all its prompts, known before any row is read; None when each
+    row's label decides (unsafe -> harmful, safe -> seemingly_toxic)."""
+    if spec.source == "embedded":
+        return EMBEDDED_SETS.get(spec.name)
+    if spec.source == "hub":
+        return HUB_SOURCES[spec.name].role if spec.name in HUB_SOURCES else None
+    return spec.role
+
+
 def load_prompt_set(spec: PromptSetParams) -> list[PromptRecord]:
     """The records a params entry describes, filtered by split and capped by `limit`."""
     if spec.source == "embedded":

@@ -264,8 +264,8 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
     if variant.pair_roles is not None:
         pairs = [p for p in pairs if p["role"] in variant.pair_roles]
     if not pairs:
-        raise ValueError(f"train_po[{variant_name}]: no preference pairs"
-                         + (f" whose prompt role is one of pair_roles {variant.pair_roles}" if variant.pair_roles else ""))
+        roles = f" whose prompt role is one of pair_roles {variant.pair_roles}" if variant.pair_roles else ""
+        raise ValueError(f"train_po[{variant_name}]: no preference pairs{roles}")
     if variant.learning_rate is not None:
         params = params.model_copy(update={"learning_rate": variant.learning_rate})
     set_seed(seed)
