@@ -43,6 +43,12 @@ def _check(student_rows: list[dict], tau: float) -> None:
             f"learn from; the student's samples have roles {roles}. Add a prompt set whose role is seemingly_toxic.")
 
 
+def prompt_rng(seed: int, prompt_id: str) -> random.Random:
+    """A prompt's own draws (which refusal or unsafe answer becomes the rejected one): adding or
+    removing a prompt set leaves every other prompt's pair as it was."""
+    return random.Random(f"{seed}:{prompt_id}")
+
+
 def _message(role: str, text: str) -> list[dict]:
     return [{"role": role, "content": text}]
 
@@ -91,8 +97,9 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
             if not chosen:
                 dropped["over_refusal: no compliant safe teacher completion"] += 1
                 continue
-            best = pick_one(chosen, "best_of_n", rng)
-            pairs.append(_pair("over_refusal", first, best, rng.choice(refusals), rates[pid], tau, seed))
+            draw = prompt_rng(seed, pid)
+            best = pick_one(chosen, "best_of_n", draw)
+            pairs.append(_pair("over_refusal", first, best, draw.choice(refusals), rates[pid], tau, seed))
         elif first["role"] == "harmful":
             unsafe = sorted((r for r in samples if r["safety_label"] == "unsafe"), key=lambda r: r["sample_index"])
             if not unsafe and safety_rejected == "student_or_teacher":
@@ -106,17 +113,18 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
         if not chosen:
             dropped["safety: no safe teacher completion"] += 1
             continue
-        pick = pick_one(chosen, harmful_strategy, rng)
-        pairs.append(_pair("safety", first, pick, rng.choice(unsafe), rates[pid], tau, seed))
+        draw = prompt_rng(seed, pid)
+        pick = pick_one(chosen, harmful_strategy, draw)
+        pairs.append(_pair("safety", first, pick, draw.choice(unsafe), rates[pid], tau, seed))
     pairs.sort(key=lambda p: p["id"])
     return pairs, report(student_rows, pairs, dropped, tau)
 
 
 def report(student_rows: list[dict], pairs: list[dict], dropped: Counter, tau: float) -> dict:
-    """What the notebook shows: refusal-rate distribution, pairs per category, prompts kept per tau."""
+    """What the notebook shows: refusal-rate distribution, pairs per category, prompts kept per tau
+    (the last two per benign role)."""
     rates = refusal_rates(student_rows)
     roles = {pid: rows[0]["role"] for pid, rows in group_by_prompt(student_rows).items()}
-    benign = {pid: rate for pid, rate in rates.items() if roles[pid] in BENIGN_ROLES}
     by_role = {role: [rate for pid, rate in rates.items() if roles[pid] == role] for role in sorted(set(roles.values()))}
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {
@@ -128,7 +136,7 @@ def report(student_rows: list[dict], pairs: list[dict], dropped: Counter, tau: f
         "student_refusal_rate": {role: mean(rs) for role, rs in by_role.items()},
         "student_unsafe_rate_harmful": mean([r["safety_label"] == "unsafe" for r in student_rows
                                              if r["role"] == "harmful"]),
-        "prompts_kept_by_tau": {str(t): sum(1 for rate in benign.values() if rate >= t and rate > 0)
-                                for t in TAU_GRID},
-        "benign_refusal_rates": sorted(benign.values()),
+        "prompts_kept_by_tau": {role: {str(t): sum(1 for rate in rs if rate >= t and rate > 0) for t in TAU_GRID}
+                                for role, rs in by_role.items() if role in BENIGN_ROLES},
+        "benign_refusal_rates": {role: sorted(rs) for role, rs in by_role.items() if role in BENIGN_ROLES},
     }

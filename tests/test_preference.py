@@ -75,7 +75,8 @@ def test_safety_pair_share():
 
 def test_report_counts_prompts_per_tau_and_rates():
     _, report = build_pairs(student_set(), teacher_set(), 0.5)
-    assert report["prompts_kept_by_tau"]["0.0"] == 4 and report["prompts_kept_by_tau"]["1.0"] == 1
+    kept = report["prompts_kept_by_tau"]["seemingly_toxic"]
+    assert kept["0.0"] == 4 and kept["1.0"] == 1 and list(report["prompts_kept_by_tau"]) == ["seemingly_toxic"]
     assert report["student_refusal_rate"]["seemingly_toxic"] == pytest.approx(0.5)
     assert refusal_rates(student_set())["h2"] == 0.5
 
@@ -126,3 +127,18 @@ def test_refused_general_prompts_become_over_refusal_pairs():
     assert over["g0"]["role"] == "general"
     assert report["student_refusal_rate"]["general"] == pytest.approx(3 / 8)
     assert report["student_refusal_rate"]["seemingly_toxic"] == pytest.approx(0.5)
+
+
+def test_a_prompts_pair_does_not_depend_on_the_other_prompts():
+    """Each prompt draws its rejected answer from its own seed: adding a set re-draws no other pair."""
+    general = [sample(f"a{k}", i, "general", refused=i < 3) for k in range(6) for i in range(4)]
+    helpful = [{**sample(f"a{k}", 0, "general", refused=False), "completion": f"help a{k}"} for k in range(6)]
+
+    def rejected(student, teacher):
+        pairs, _ = build_pairs(student, teacher, 0.25, seed=3)
+        return {p["prompt_id"]: p["rejected"][0]["content"] for p in pairs}
+
+    alone = rejected(student_set(), teacher_set(missing=()))
+    together = rejected(general + student_set(), helpful + teacher_set(missing=()))
+    assert sorted(together) == sorted([f"a{k}" for k in range(6)] + list(alone))
+    assert alone == {pid: text for pid, text in together.items() if pid in alone}
