@@ -188,6 +188,16 @@ def test_refusal_rate_histogram(tmp_path):
         plots.refusal_rate_histogram([])
 
 
+def test_refusal_rate_histogram_stacks_roles():
+    fig = plots.refusal_rate_histogram({"seemingly_toxic": [0.0, 1.0, 1.0], "general": [0.75]}, tau=0.75)
+    ax = fig.axes[0]
+    assert sum(p.get_height() for p in ax.patches) == 4
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "seemingly-toxic" in texts and "general" in texts and any("3/4" in t for t in texts)
+    with pytest.raises(ValueError, match="empty"):
+        plots.refusal_rate_histogram({"general": []})
+
+
 def test_score_distributions_survive_a_constant_group(tmp_path):
     from porover_lib.plots import score_distributions
 
