@@ -54,3 +54,19 @@ def test_each_stage_depends_on_the_modules_its_notebook_runs():
         unused = sorted(str(d) for d in deps if d.suffix == ".py" and d not in needed)
         assert not unused, f"{name}: dvc.yaml deps name {unused}, which its notebook never imports"
     assert "porover_lib/plots.py" not in stages["sft"]["deps"] + stages["preference_optimization"]["deps"]
+
+
+def test_each_stage_tracks_the_prompt_sets_it_reads():
+    """Editing a prompt set a stage samples from (its limit, its source) must rerun that stage."""
+    from porover_lib.config import load_params
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for profile in ("default", "smoke"):
+        params = load_params(ROOT / "params" / f"{profile}.yaml")
+        reads = {"overgenerate": params.overgenerate.sets, "preference_data": params.preference.sets,
+                 "evaluate": params.evaluate.sets}
+        for stage, sets in reads.items():
+            tracked = {key for entry in stages[stage].get("params", []) if isinstance(entry, dict)
+                       for keys in entry.values() for key in keys}
+            missing = sorted(f"prompts.{s}" for s in sets if f"prompts.{s}" not in tracked and "prompts" not in tracked)
+            assert not missing, f"{stage}: dvc.yaml params lack {missing}"
