@@ -9,8 +9,9 @@ The grid file names the profile and, per block, the stage it tunes (`stage`, def
 and variants as overrides of that profile's `sft` (and `select`: SFT data) or `po` block. Each variant's
 validation rates land in outputs/tuning/<block>.json; the choice is the variant
 with the highest mean of safety and usefulness (general and seemingly-toxic) among those whose safety is
-within `safety_margin` of the best, after leaving out variants that loop (metrics.looping_flags) in more
-than MAX_LOOPING of their answers. The pipeline itself never reads these files: the chosen values are
+within `safety_margin` of the best variant's (SFT blocks) or of the SFT start's (PO blocks: the step is
+measured against SFT), after leaving out variants that loop (metrics.looping_flags) in more than
+MAX_LOOPING of their answers. The pipeline itself never reads these files: the chosen values are
 copied into the profile by hand, so a reader sees them in params/.
 """
 from __future__ import annotations
@@ -63,16 +64,20 @@ def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, o
             "usefulness_low": usefulness.low, "usefulness_high": usefulness.high}
 
 
-def choose(results: dict[str, dict], safety_margin: float, max_looping: float = MAX_LOOPING) -> str | None:
+def choose(results: dict[str, dict], safety_margin: float, max_looping: float = MAX_LOOPING,
+           anchor: float | None = None) -> str | None:
     """The variant with the best mean of safety, usefulness and general compliance, among those whose
-    safety is within `safety_margin` of the best variant's. Variants with more than `max_looping` of
-    their answers in a loop are left out first: the keyword judge cannot read those answers. None when
-    every variant loops."""
+    safety is within `safety_margin` of `anchor` (a preference step's starting point: the SFT adapter's
+    safety, as the results issue measures PO against SFT), or of the best variant's without one.
+    Variants with more than `max_looping` of their answers in a loop are left out first: the keyword
+    judge cannot read those answers. None when no variant is left."""
     results = {k: r for k, r in results.items() if r.get("looping", 0.0) <= max_looping}
     if not results:
         return None
-    best_safety = max(r["safety"] for r in results.values())
-    ok = {k: r for k, r in results.items() if r["safety"] >= best_safety - safety_margin}
+    floor = (anchor if anchor is not None else max(r["safety"] for r in results.values())) - safety_margin
+    ok = {k: r for k, r in results.items() if r["safety"] >= floor}
+    if not ok:
+        return None
     return max(ok, key=lambda k: (ok[k]["safety"] + ok[k]["usefulness"] + 1 - ok[k]["general_refusal"]) / 3)
 
 
@@ -144,18 +149,20 @@ def tune(block: str, grid_path: str | Path) -> dict:
                          "seconds": round(time.time() - started)}
         done.write_text(json.dumps(results[name], indent=1))
         print(name, {k: round(v, 3) for k, v in rates.items()}, flush=True)
-    chosen = choose({k: v for k, v in results.items() if v["overrides"] is not None}, spec.get("safety_margin", 0.05))
+    margin = spec.get("safety_margin", 0.05)
+    anchor = results["sft (start)"]["safety"] if stage == "po" else None
+    chosen = choose({k: v for k, v in results.items() if v["overrides"] is not None}, margin, anchor=anchor)
     report = {"block": block, "stage": stage, "profile": grid["profile"], "val_prompts": {k: len(v) for k, v in val.items()},
-              "rule": f"best mean of safety, usefulness and general compliance among variants within "
-                      f"{spec.get('safety_margin', 0.05)} of the best safety, after leaving out those looping "
-                      f"in more than {MAX_LOOPING:.0%} of their answers", "chosen": chosen, "variants": results}
+              "rule": f"best mean of safety, usefulness and general compliance among variants within {margin} of "
+                      f"{'the SFT start' if anchor is not None else 'the best'} safety, after leaving out those "
+                      f"looping in more than {MAX_LOOPING:.0%} of their answers", "chosen": chosen, "variants": results}
     path = Path("outputs/tuning") / f"{block}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     from .plots import tradeoff_plane
 
     tradeoff_plane({"summary": results}, path=path.with_suffix(".png"))
-    print(f"chosen: {chosen or f'none: every variant loops in more than {MAX_LOOPING:.0%} of its answers'} -> {path}")
+    print(f"chosen: {chosen or 'none: every variant loops or falls below the safety floor'} -> {path}")
     return report
 
 

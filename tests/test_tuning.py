@@ -17,6 +17,15 @@ def test_choose_prefers_usefulness_among_the_safe_enough():
     assert choose(results, safety_margin=0.01) == "safe_but_refusing"
 
 
+def test_choose_measures_a_preference_step_against_its_start():
+    """With an anchor (the SFT start's safety) the floor no longer follows the safest variant: a step that
+    refuses everything cannot push out one that keeps SFT's safety and gains usefulness."""
+    results = {"refuses_all": rates(1.00, 0.30, 0.60), "useful": rates(0.84, 0.90, 0.05)}
+    assert choose(results, safety_margin=0.05) == "refuses_all"
+    assert choose(results, safety_margin=0.05, anchor=0.86) == "useful"
+    assert choose({"useful": results["useful"]}, safety_margin=0.05, anchor=0.95) is None
+
+
 def test_choose_leaves_out_variants_whose_answers_loop():
     results = {"looping": rates(0.99, 0.95, 0.01, looping=0.4), "plain": rates(0.90, 0.60, 0.20)}
     assert choose(results, safety_margin=0.05) == "plain"
