@@ -16,10 +16,9 @@ and says that no GPU memory was measured.
 from __future__ import annotations
 
 import argparse
-import gc
-import traceback
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from porover_lib.config import load_params  # noqa: E402
 from porover_lib.memory import LLAMA_CONFIGS, estimate_qlora_memory  # noqa: E402
+from porover_lib.stages import free_memory  # noqa: E402
 from porover_lib.training import train_po, train_sft  # noqa: E402
 
 GIB = 1024**3
@@ -57,14 +57,18 @@ def build(folder: Path, shape: str) -> dict:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_memory()
     return dims
+
+
+def filler(length: int) -> str:
+    """An answer of `length` words (at least `length` tokens): random weights care only about its length."""
+    return " ".join(f"word{i % 50}" for i in range(length))
 
 
 def rows_and_pairs(length: int, count: int) -> tuple[list[dict], list[dict]]:
     """SFT rows and DPO pairs whose answers fill about `length` tokens, so the step runs at full length."""
-    answer = " ".join(f"word{i % 50}" for i in range(length))
+    answer = filler(length)
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Question {i}?"},
                                          {"role": "assistant", "content": answer}]} for i in range(count)]
     pairs = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "role": "seemingly_toxic",
@@ -79,8 +83,7 @@ def peak(fn) -> tuple[float, float] | None:
     if not torch.cuda.is_available():
         fn()
         return None
-    gc.collect()  # the previous measurement's model must not count in this one
-    torch.cuda.empty_cache()
+    free_memory()  # the previous measurement's model must not count in this one
     torch.cuda.reset_peak_memory_stats()
     fn()
     return torch.cuda.max_memory_allocated() / GIB, torch.cuda.max_memory_reserved() / GIB
@@ -173,7 +176,7 @@ def stage_peaks(paper, student, folder: Path, sampling, device: str) -> None:
     sampling one batch at stage 04's settings (random weights never stop early: every row runs to
     max_new_tokens), and each bf16 judge on a batch of its own size with answers as long as stage 01's."""
     from porover_lib.models import load_tokenizer
-    from porover_lib.stages import build_judge, checkpoint_backend, free_memory
+    from porover_lib.stages import build_judge, checkpoint_backend
 
     def sample() -> None:
         backend = checkpoint_backend(student, folder / "sft", "sft")
@@ -185,7 +188,7 @@ def stage_peaks(paper, student, folder: Path, sampling, device: str) -> None:
     report(f"student sampling (04), {sampling.batch_size} rows x {sampling.max_new_tokens} new tokens", sample)
     params = judge_params(paper, student.name, device)
     tokenizer, length = load_tokenizer(student), paper.overgenerate.sampling.max_new_tokens
-    answer = tokenizer.decode(tokenizer(" ".join(f"word{i % 50}" for i in range(length)))["input_ids"][:length])
+    answer = tokenizer.decode(tokenizer(filler(length))["input_ids"][:length])
     for kind in ("safety", "reward"):
         def judge() -> None:
             model = build_judge(params, kind)
