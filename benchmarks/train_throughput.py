@@ -4,10 +4,11 @@ Both settings train the real SmolLM2-135M-Instruct (bf16, LoRA) at the default p
 (SFT batch 8, DPO batch 4, max_length 256) on the same data: the base model's own greedy answers to
 embedded general prompts, and the team's written refusals for harmful ones (SFT), paired against each
 other for seemingly-toxic prompts (DPO). "before" is the training code as it was (sdpa attention,
-LoRA dropout 0.05, TRL scoring every position off-GPU, length-mixed batches, a reference forward in
-every DPO step); "after" is what the default profile runs now (eager attention, no LoRA dropout,
-labelled positions only, length-grouped SFT batches, reference log-probabilities computed once before
-training, its time reported as setup). Train tokens/s counts the non-padding tokens of the batches the
+LoRA dropout 0.05, TRL's fused head scoring every position off-GPU, length-mixed batches, a reference
+forward in every DPO step, chosen and rejected padded together); "after" is what the default profile runs
+now (eager attention, no LoRA dropout, `porover_lib.cpu_scoring`: labelled positions only through an untiled
+head, DPO halves trimmed apart; length-grouped SFT batches, reference log-probabilities computed once
+before training, its time reported as setup). Train tokens/s counts the non-padding tokens of the batches the
 timed steps consumed (the first step is left out as warm-up); the FLOP share is 4 x (matmul
 parameters) x tokens (LoRA's forward and input-gradient backward; + 2 x for a DPO reference forward)
 against a bf16 matmul measured on this CPU. Quality: each run's loss on all its training examples after
@@ -31,13 +32,14 @@ from porover_lib.backends import record_messages
 from porover_lib.generation import HFBackend
 from porover_lib.models import load_model, load_tokenizer
 from porover_lib.prompts import load_embedded
-from porover_lib.training import build_po_trainer, build_sft_trainer, score_labelled_positions_only
+from porover_lib.cpu_scoring import plain_head_on_cpu, score_labelled_positions_only
+from porover_lib.training import build_po_trainer, build_sft_trainer
 
 STUDENT = ModelParams(name="embedded:smollm2-135m-instruct", dtype="bfloat16", device="cpu")
 OUT = Path("outputs/bench")
 WORK = Path(tempfile.mkdtemp(prefix="train_throughput-"))  # adapters and trainer checkpoints
 
-# The two settings compared: (student, SFT params overrides, PO params overrides, score labelled positions only)
+# The two settings compared: (student, SFT params overrides, PO params overrides, porover_lib.cpu_scoring on)
 BEFORE = (STUDENT, {"lora": LoraParams(r=16, alpha=32, dropout=0.05)}, {"precompute_ref_log_probs": False}, False)
 AFTER = (STUDENT.model_copy(update={"attn_implementation": "eager"}),
          {"lora": LoraParams(r=16, alpha=32, dropout=0.0), "trl": {"train_sampling_strategy": "group_by_length"}},
@@ -94,8 +96,8 @@ class StepClock:
 
 def run(kind: str, setting: tuple, sft_rows: list[dict], pairs: list[dict], steps: int, sft_dir: Path) -> dict:
     """Train `steps` steps of one kind under one setting: step times, tokens per batch, losses, setup time."""
-    student, sft_over, po_over, labelled_only = setting
-    clock, out = StepClock(), WORK / f"{kind}-{'after' if labelled_only else 'before'}"
+    student, sft_over, po_over, cpu_scoring = setting
+    clock, out = StepClock(), WORK / f"{kind}-{'after' if cpu_scoring else 'before'}"
     started = time.perf_counter()
     if kind == "sft":
         params = SFTParams(epochs=3, learning_rate=3e-4, batch_size=8, max_length=256, max_steps=steps,
@@ -107,7 +109,11 @@ def run(kind: str, setting: tuple, sft_rows: list[dict], pairs: list[dict], step
         trainer, _ = build_po_trainer(pairs, student, sft_dir, "po", POVariantParams(loss_type=["nca_pair"]),
                                       params, out, seed=0, log=lambda m: None)
     setup = time.perf_counter() - started  # includes the reference pass when it is precomputed
-    score_labelled_positions_only(labelled_only)  # building the trainer set the library's choice
+    score_labelled_positions_only(cpu_scoring)  # building the trainer set the library's choice
+    plain_head_on_cpu(cpu_scoring)
+    base = trainer.model.get_base_model()
+    if not cpu_scoring and hasattr(base.forward, "whole_batch"):
+        base.forward = base.forward.whole_batch  # chosen and rejected in one padded forward again
     collate, tokens = trainer.data_collator, []
 
     def counting(features):
@@ -121,7 +127,9 @@ def run(kind: str, setting: tuple, sft_rows: list[dict], pairs: list[dict], step
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     trainer.data_collator = collate
     # the order of batches differs between the settings, so quality is compared on all examples after training
-    final = trainer.evaluate(trainer.train_dataset)["eval_loss"]
+    examples = trainer.train_dataset  # TRL adds reference columns to an eval set itself, and refuses a second set
+    examples = examples.remove_columns([c for c in ("ref_chosen_logps", "ref_rejected_logps") if c in examples.column_names])
+    final = trainer.evaluate(examples)["eval_loss"]
     return {"times": clock.times, "tokens": tokens[:len(clock.times)], "losses": losses, "setup_s": setup,
             "final_loss_all_examples": final}
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .config import LoraParams, ModelParams, POParams, POVariantParams, SFTParams
+from .cpu_scoring import forward_halves_unpadded, plain_head_on_cpu, score_labelled_positions_only
 from .derta import build_derta_examples, split_row
 from .models import load_model, load_tokenizer, pick_device
 
@@ -97,23 +98,6 @@ def _precision_and_optim(model, student: ModelParams, log: Log) -> dict:
         else:
             log("QLoRA on CPU: paged 8-bit AdamW needs CUDA, using adamw_torch instead")
     return kwargs
-
-
-def score_labelled_positions_only(enabled: bool = True) -> None:
-    """Make TRL's fused LM head score only labelled positions on every device, as it does on CUDA.
-
-    Off-GPU, TRL 1.16 scores every position (fixed tile shapes for compiled backends such as Neuron)
-    and masks the prompt and padding afterwards: on CPU that is a third of an SFT step spent on
-    log-probabilities, entropies and top-1 flags nobody reads. The losses are identical either way
-    (tests/test_training.py checks it); `enabled=False` restores TRL's choice (the benchmark's baseline).
-    """
-    from trl.trainer import utils
-
-    if not hasattr(utils, "_use_triton"):
-        return  # a TRL without the switch: its own choice stands
-    if not hasattr(utils, "_trl_use_triton"):
-        utils._trl_use_triton = utils._use_triton
-    utils._use_triton = (lambda device: device.type in ("cpu", "cuda", "xpu")) if enabled else utils._trl_use_triton
 
 
 def _common_args(params: SFTParams | POParams, seed: int, ckpt_dir: Path) -> dict:
@@ -210,6 +194,7 @@ def build_sft_trainer(rows: list[dict], student: ModelParams, params: SFTParams,
 
     set_seed(seed)
     score_labelled_positions_only()
+    plain_head_on_cpu()
     tokenizer = tokenizer or load_tokenizer(student)
     model = model if model is not None else load_model(student)
     model = _prepare_base(model, student, params.gradient_checkpointing, log)
@@ -270,6 +255,7 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
         params = params.model_copy(update={"learning_rate": variant.learning_rate})
     set_seed(seed)
     score_labelled_positions_only()
+    plain_head_on_cpu()
     sft_dir = Path(sft_dir)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(sft_dir)
     model = _load_with_adapter(student, sft_dir, True, params.gradient_checkpointing, log, model)
@@ -281,6 +267,7 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
                      precompute_ref_log_probs=params.precompute_ref_log_probs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[_log_callback(log)])
+    forward_halves_unpadded(trainer.model.get_base_model())
     if "ref" not in trainer.model.peft_config:
         raise RuntimeError("DPOTrainer did not create the frozen 'ref' copy of the SFT adapter; the reference "
                            "would be the pre-SFT base model. Check the installed TRL/PEFT versions.")

@@ -88,7 +88,7 @@ def test_sft_labels_are_masked_exactly_on_the_prompt(tokenizer, tmp_path):
 
 def test_scoring_labelled_positions_only_leaves_the_loss_and_gradients_unchanged(tokenizer, tmp_path):
     """The CPU speed-up: TRL's fused head skips unlabelled positions; loss and LoRA gradients stay the same."""
-    from porover_lib.training import score_labelled_positions_only
+    from porover_lib.cpu_scoring import score_labelled_positions_only
 
     trainer, _ = build_sft_trainer(ROWS, ModelParams(**FP32_CPU), SFTParams(lora=LORA), tmp_path, seed=0,
                                    log=QUIET, model=tiny(tokenizer), tokenizer=tokenizer)
