@@ -29,10 +29,10 @@ import torch
 
 from porover_lib.config import LoraParams, ModelParams, POParams, POVariantParams, SamplingParams, SFTParams
 from porover_lib.backends import record_messages
+from porover_lib.cpu_scoring import plain_head_on_cpu, score_labelled_positions_only
 from porover_lib.generation import HFBackend
 from porover_lib.models import load_model, load_tokenizer
 from porover_lib.prompts import load_embedded
-from porover_lib.cpu_scoring import plain_head_on_cpu, score_labelled_positions_only
 from porover_lib.training import build_po_trainer, build_sft_trainer
 
 STUDENT = ModelParams(name="embedded:smollm2-135m-instruct", dtype="bfloat16", device="cpu")
