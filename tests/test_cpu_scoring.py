@@ -1,4 +1,6 @@
-"""The CPU scoring speed-ups give TRL's numbers: log-probabilities, logged statistics and gradients."""
+"""The untiled CPU head gives TRL's numbers: log-probabilities, logged statistics and gradients.
+
+The other two speed-ups need a trainer on a tiny model: their tests are in test_training.py."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -7,10 +9,7 @@ import pytest
 import torch
 from trl.trainer import utils as trl_utils
 
-from porover_lib.config import ModelParams, POParams, POVariantParams
-from porover_lib.cpu_scoring import PlainLogProbs, forward_halves_unpadded, plain_head_on_cpu
-from porover_lib.training import build_po_trainer
-from test_training import FP32_CPU, PAIRS, QUIET, sft_dir, tiny_dir  # noqa: F401 (fixtures)
+from porover_lib.cpu_scoring import PlainLogProbs, plain_head_on_cpu
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
@@ -54,33 +53,3 @@ def test_plain_head_leaves_a_trained_head_and_entropy_losses_to_trl():
                                  1.0, OUTPUTS)
     with pytest.raises(NotImplementedError, match="plain_head_on_cpu"):
         frozen[1].sum().backward()
-
-
-def test_halves_run_apart_with_the_same_scores_and_gradients(tiny_dir, sft_dir, tmp_path):
-    student = ModelParams(name=str(tiny_dir), **FP32_CPU)
-    pairs = [dict(p, chosen=[{"role": "assistant", "content": p["chosen"][0]["content"] * (4 if i % 2 else 1)}])
-             for i, p in enumerate(PAIRS)]  # chosen answers of different lengths: each half pads differently
-    trainer, _ = build_po_trainer(pairs, student, sft_dir, "po", POVariantParams(), POParams(batch_size=4),
-                                  tmp_path, seed=0, log=QUIET)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    lengths = batch["attention_mask"].sum(1)
-    assert lengths[:4].max() != lengths[4:].max()  # one half is trimmed
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    base, model = trainer.model.get_base_model(), trainer.model
-
-    def score():
-        model.zero_grad()
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
-                    use_cache=False, fused_lm_head=True)
-        out.log_probs.sum().backward()
-        return out, [p.grad.clone() for p in model.parameters() if p.requires_grad]
-
-    halves, halves_grads = score()
-    assert batch["input_ids"].shape[0] == 8 and halves.log_probs.shape == labels[:, 1:].shape
-    base.forward = base.forward.whole_batch  # TRL's forward on the whole padded batch
-    whole, whole_grads = score()
-    torch.testing.assert_close(halves.log_probs, whole.log_probs, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(halves.entropy, whole.entropy, rtol=1e-5, atol=1e-5)
-    assert torch.equal(halves.label_mask, whole.label_mask) and torch.equal(halves.is_top1, whole.is_top1)
-    assert halves.loss.item() == pytest.approx(whole.loss.item(), rel=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(halves_grads, whole_grads))

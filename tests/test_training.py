@@ -110,6 +110,36 @@ def test_scoring_labelled_positions_only_leaves_the_loss_and_gradients_unchanged
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(labelled[1], every[1]))
 
 
+def test_halves_run_apart_with_the_same_scores_and_gradients(tiny_dir, sft_dir, tmp_path):
+    student = ModelParams(name=str(tiny_dir), **FP32_CPU)
+    pairs = [dict(p, chosen=[{"role": "assistant", "content": p["chosen"][0]["content"] * (4 if i % 2 else 1)}])
+             for i, p in enumerate(PAIRS)]  # chosen answers of different lengths: each half pads differently
+    trainer, _ = build_po_trainer(pairs, student, sft_dir, "po", POVariantParams(), POParams(batch_size=4),
+                                  tmp_path, seed=0, log=QUIET)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths[:4].max() != lengths[4:].max()  # one half is trimmed
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    base, model = trainer.model.get_base_model(), trainer.model
+
+    def score():
+        model.zero_grad()
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                    use_cache=False, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        return out, [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    halves, halves_grads = score()
+    assert batch["input_ids"].shape[0] == 8 and halves.log_probs.shape == labels[:, 1:].shape
+    base.forward = base.forward.whole_batch  # TRL's forward on the whole padded batch
+    whole, whole_grads = score()
+    torch.testing.assert_close(halves.log_probs, whole.log_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(halves.entropy, whole.entropy, rtol=1e-5, atol=1e-5)
+    assert torch.equal(halves.label_mask, whole.label_mask) and torch.equal(halves.is_top1, whole.is_top1)
+    assert halves.loss.item() == pytest.approx(whole.loss.item(), rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(halves_grads, whole_grads))
+
+
 def test_trl_pass_through_takes_trl_names_and_refuses_ours():
     assert SFTParams(trl={"train_sampling_strategy": "group_by_length"}).trl
     with pytest.raises(ValueError, match="unknown SFTConfig field"):
