@@ -301,6 +301,24 @@ def test_heuristic_reward_orders_clean_over_repetitive_over_empty(with_model, ti
     assert flagged.score == pytest.approx(unflagged.score - HeuristicRewardJudge.TRUNCATION_PENALTY)
 
 
+def test_heuristic_reward_scores_a_row_the_same_in_any_batch(tiny_lm, tokenizer):
+    """Right-padded, length-sorted batches: each row's log-likelihood is the one it gets alone."""
+    prompts = ["What is the capital of France?", "Hi", "Name three rivers in Europe, please, with their lengths."]
+    responses = [CLEAN, "Hello there, how can I help you today?", CUT]
+    alone = []
+    for prompt, response in zip(prompts, responses):
+        context = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                tokenize=False)
+        c, r = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (context, response))
+        with torch.inference_mode():
+            logits = tiny_lm(input_ids=torch.tensor([c + r])).logits[0, len(c) - 1 : -1].float()
+        alone.append(float(logits.log_softmax(-1).gather(1, torch.tensor(r)[:, None]).mean()))
+    for batch_size in (1, 3):
+        judge = HeuristicRewardJudge(tiny_lm, tokenizer, batch_size=batch_size)
+        assert judge._mean_logliks(prompts, responses) == pytest.approx(alone, abs=1e-5)
+    assert len(set(alone)) == 3
+
+
 def test_repeated_trigram_share():
     assert repeated_trigram_share("one two three four five") == 0.0
     assert repeated_trigram_share("a b c a b c a b c") == pytest.approx(1 - 3 / 7)

@@ -84,28 +84,32 @@ class HeuristicRewardJudge:
     EMPTY_SCORE = -100.0
     _FINISHED = re.compile(r"(?:[.!?…。！？\"')\]}*>]|```)\s*$")
 
-    def __init__(self, model: ModelParams | str | Any = None, tokenizer: Any = None):
+    def __init__(self, model: ModelParams | str | Any = None, tokenizer: Any = None, batch_size: int = 16):
         if model is not None:
             model, tokenizer = load_judge_model(model, tokenizer, "causal")
         elif tokenizer is not None:
             raise ValueError("heuristic reward got a tokenizer but no model; pass both, or neither for text-only")
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.name = "heuristic_reward" if model is not None else "heuristic_reward(text-only)"
 
     def judge(self, prompts: list[str], responses: list[str], truncated: list[bool] | None = None) -> list[Judgement]:
         check_pairs(prompts, responses)
         if truncated is not None and len(truncated) != len(responses):
             raise ValueError(f"got {len(truncated)} truncated flags for {len(responses)} responses")
+        responses = [r or "" for r in responses]
+        scored = [i for i, r in enumerate(responses) if r.strip()]
+        logliks = {}
+        if self.model is not None:
+            logliks = dict(zip(scored, self._mean_logliks([prompts[i] for i in scored], [responses[i] for i in scored])))
         out = []
-        for i, (prompt, response) in enumerate(zip(prompts, responses)):
-            response = response or ""
+        for i, response in enumerate(responses):
             if not response.strip():
                 out.append(Judgement("scored", self.EMPTY_SCORE, "empty response", self.name))
                 continue
             cut = truncated[i] if truncated is not None else not self._FINISHED.search(response)
             repetition = repeated_trigram_share(response)
             if self.model is not None:
-                base, base_name = max(self._mean_loglik(prompt, response), self.LOGLIK_FLOOR), "loglik"
+                base, base_name = max(logliks[i], self.LOGLIK_FLOOR), "loglik"
             else:
                 base, base_name = min(len(response.split()), 100) / 100, "length"
             score = base - self.REPETITION_WEIGHT * repetition - self.TRUNCATION_PENALTY * float(cut)
@@ -113,18 +117,37 @@ class HeuristicRewardJudge:
             out.append(Judgement("scored", score, reason, self.name))
         return out
 
-    def _mean_loglik(self, prompt: str, response: str) -> float:
+    def _mean_logliks(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """Mean log-likelihood per response token after its chat-templated prompt, in length-sorted batches.
+
+        Right padding keeps every real token at its unpadded position, so a row scores as it would
+        alone; logits are computed only from the batch's earliest response position on.
+        """
         import torch
 
-        tok = self.tokenizer
-        context = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-        context_ids = tok(context, add_special_tokens=False)["input_ids"]
-        response_ids = tok(response, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([context_ids + response_ids], device=self.model.device)
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids).logits[0, len(context_ids) - 1 : -1].float()
-        targets = ids[0, len(context_ids):]
-        return float(logits.log_softmax(-1).gather(1, targets[:, None]).mean())
+        tok, device = self.tokenizer, self.model.device
+        contexts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                tokenize=False), add_special_tokens=False)["input_ids"] for p in prompts]
+        answers = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
+        order = sorted(range(len(answers)), key=lambda i: len(contexts[i]) + len(answers[i]))
+        out = [0.0] * len(answers)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            seqs = [contexts[i] + answers[i] for i in rows]
+            width = max(map(len, seqs))
+            ids = torch.full((len(rows), width), pad_id(tok), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, seq in enumerate(seqs):
+                ids[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
+            first = min(len(contexts[i]) for i in rows) - 1  # logit of the earliest response token
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                    logits_to_keep=width - first).logits
+            for r, i in enumerate(rows):  # fp32 one row at a time: a 128k vocabulary makes a batch large
+                at = torch.arange(len(answers[i]), device=device) + len(contexts[i]) - 1 - first
+                targets = torch.tensor(answers[i], device=device)[:, None]
+                out[i] = float(logits[r, at].float().log_softmax(-1).gather(1, targets).mean())
+        return out
 
 
 def repeated_trigram_share(text: str) -> float:
