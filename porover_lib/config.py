@@ -124,10 +124,22 @@ class OvergenerateParams(Strict):
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=4, temperature=0.8, top_p=0.95))
 
 
+BATCHED_JUDGES = ("llama_guard", "hf_reward_model", "heuristic")  # judges that run a local model in batches
+
+
 class JudgeParams(Strict):
     name: str
     model: ModelParams | None = None  # model-based judges (llama_guard, hf_reward_model, heuristic scorer)
     backend: str | None = None  # a teacher/backend name for judges that talk through a backend (llm, llama_guard)
+    # rows per forward pass of a local judge model (None: the judge's own default, 8 for the 8B judges, 16 for
+    # heuristic); lower it when a bf16 8B judge's long answers crowd a 24 GB card
+    batch_size: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_size_needs_a_batched_judge(self):
+        if self.batch_size is not None and self.name not in BATCHED_JUDGES:
+            raise ValueError(f"batch_size applies to {', '.join(BATCHED_JUDGES)}, not to judge {self.name!r}")
+        return self
 
 
 class JudgesParams(Strict):

@@ -83,6 +83,8 @@ def build_judge(params: Params, kind: str, refusal_judge=None):
         opts.update(model=load_model(model_spec), tokenizer=load_tokenizer(model_spec, padding_side="right"))
     elif spec.model is not None:
         opts["model"] = spec.model
+    if spec.batch_size is not None:
+        opts["batch_size"] = spec.batch_size
     if kind == "safety" and spec.name == "refusal_proxy":
         opts["refusal_judge"] = refusal_judge
     return make_judge(kind, spec.name, **opts)

@@ -60,6 +60,8 @@ def _write(tmp_path, text):
     ("profile: x\nprompts: {h: {name: harmful}}\nevaluate: {sets: [h], checkpoints: [sft], attack: {set: h}}\n",
      ["base model's answers", "add 'base'"]),
     ("profile: x\nevaluate: {attack: {set: nowhere}}\n", ["evaluate.attack.set", "'nowhere'"]),
+    ("profile: x\njudges: {refusal: {name: keyword, batch_size: 4}}\n", ["judges.refusal", "batch_size applies to",
+                                                                        "'keyword'"]),
     ("profile: x\nprompts: {a: {name: harmful}}\novergenerate: {sets: {a: reference}}\nselect: {sets: [a], teachers: {a: [ghost]}}\n",
      ["select.teachers.a", "unknown teacher 'ghost'"]),
 ])

@@ -51,6 +51,15 @@ def test_judge_rows_holds_at_most_one_model_judge(params, monkeypatch):
                                           "reward": "fake_hf_reward_model"}
 
 
+def test_judge_batch_size_reaches_the_judge(params, monkeypatch):
+    params.judges = JudgesParams.model_validate({"reward": {"name": "hf_reward_model", "model": {"name": "reward"},
+                                                            "batch_size": 2}})
+    seen = {}
+    monkeypatch.setattr(judges, "make_judge", lambda kind, name, **opts: seen.update(opts))
+    stages.build_judge(params, "reward")
+    assert seen["batch_size"] == 2
+
+
 def test_refusal_proxy_judges_harmful_prompts_only(params, monkeypatch):
     real = judges.make_judge
     fake_reward = lambda kind, name, **opts: FakeModelJudge(kind, name)  # noqa: E731
