@@ -29,7 +29,7 @@ import torch
 
 from porover_lib.config import LoraParams, ModelParams, POParams, POVariantParams, SamplingParams, SFTParams
 from porover_lib.backends import record_messages
-from porover_lib.cpu_scoring import plain_head_on_cpu, score_labelled_positions_only
+from porover_lib.cpu_scoring import use_cpu_scoring
 from porover_lib.generation import HFBackend
 from porover_lib.models import load_model, load_tokenizer
 from porover_lib.prompts import load_embedded
@@ -109,8 +109,7 @@ def run(kind: str, setting: tuple, sft_rows: list[dict], pairs: list[dict], step
         trainer, _ = build_po_trainer(pairs, student, sft_dir, "po", POVariantParams(loss_type=["nca_pair"]),
                                       params, out, seed=0, log=lambda m: None)
     setup = time.perf_counter() - started  # includes the reference pass when it is precomputed
-    score_labelled_positions_only(cpu_scoring)  # building the trainer set the library's choice
-    plain_head_on_cpu(cpu_scoring)
+    use_cpu_scoring(cpu_scoring)  # building the trainer set the library's choice
     base = trainer.model.get_base_model()
     if not cpu_scoring and hasattr(base.forward, "whole_batch"):
         base.forward = base.forward.whole_batch  # chosen and rejected in one padded forward again

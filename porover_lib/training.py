@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .config import LoraParams, ModelParams, POParams, POVariantParams, SFTParams
-from .cpu_scoring import forward_halves_unpadded, plain_head_on_cpu, score_labelled_positions_only
+from .cpu_scoring import forward_halves_unpadded, use_cpu_scoring
 from .derta import build_derta_examples, split_row
 from .models import load_model, load_tokenizer, pick_device
 
@@ -193,8 +193,7 @@ def build_sft_trainer(rows: list[dict], student: ModelParams, params: SFTParams,
     from trl import SFTConfig, SFTTrainer
 
     set_seed(seed)
-    score_labelled_positions_only()
-    plain_head_on_cpu()
+    use_cpu_scoring()
     tokenizer = tokenizer or load_tokenizer(student)
     model = model if model is not None else load_model(student)
     model = _prepare_base(model, student, params.gradient_checkpointing, log)
@@ -254,8 +253,7 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
     if variant.learning_rate is not None:
         params = params.model_copy(update={"learning_rate": variant.learning_rate})
     set_seed(seed)
-    score_labelled_positions_only()
-    plain_head_on_cpu()
+    use_cpu_scoring()
     sft_dir = Path(sft_dir)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(sft_dir)
     model = _load_with_adapter(student, sft_dir, True, params.gradient_checkpointing, log, model)
