@@ -89,20 +89,18 @@ def peak(fn) -> tuple[float, float] | None:
     return torch.cuda.max_memory_allocated() / GIB, torch.cuda.max_memory_reserved() / GIB
 
 
-FAILED: list[str] = []
-
-
-def report(what: str, fn, estimate: float | None = None) -> None:
+def report(what: str, fn, estimate: float | None = None) -> list[str]:
     """Measure `fn` and print its row at once (an 8B run can be cut short); a failure is printed as the
-    row's result and the other rows still run."""
+    row's result, the other rows still run, and `[what]` comes back for the exit status."""
+    failed = []
     try:
         measured = peak(fn)
         shown = f"{measured[0]:.2f} GiB | {measured[1]:.2f} GiB" if measured is not None else "not measured | -"
     except Exception as err:  # noqa: BLE001 - reported, and the run exits non-zero
         traceback.print_exc()
-        FAILED.append(what)
-        shown = f"failed: {type(err).__name__}: {str(err)[:120]} | -"
+        failed, shown = [what], f"failed: {type(err).__name__}: {str(err)[:120]} | -"
     print(f"| {what} | {shown} | {f'{estimate:.2f} GiB' if estimate is not None else '-'} |", flush=True)
+    return failed
 
 
 def judge_params(paper, folder: str, device: str):
@@ -141,7 +139,7 @@ def main() -> None:
           f"torch {torch.__version__}")
     print("| what | peak allocated | peak reserved | estimate |\n|---|---|---|---|", flush=True)
 
-    def training(method: str, params, batch: int, length: int, folder: Path) -> None:
+    def training(method: str, params, batch: int, length: int, folder: Path) -> list[str]:
         params = params.model_copy(update={"batch_size": batch, "max_length": length})
         rows, pairs = rows_and_pairs(length, 4 * batch)
         if method == "sft":
@@ -150,28 +148,28 @@ def main() -> None:
             run = lambda: train_po(pairs, student, folder / "sft", variant_name, variant, params,  # noqa: E731
                                    folder / "po", seed=0, log=quiet)
         estimate = estimate_qlora_memory(dims, batch, length, paper.sft.lora.r, method, params.gradient_checkpointing)
-        report(f"{method.upper()} ({'03' if method == 'sft' else '05'}), batch {batch} x {length} tokens", run,
-               estimate["total"])
+        return report(f"{method.upper()} ({'03' if method == 'sft' else '05'}), batch {batch} x {length} tokens",
+                      run, estimate["total"])
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dims = build(tmp / "model", shape)
         student = student.model_copy(update={"name": str(tmp / "model")})
-        training("sft", sft, sft.batch_size, sft.max_length, tmp)
-        training("dpo", po, po.batch_size, po.max_length, tmp)
+        failed = training("sft", sft, sft.batch_size, sft.max_length, tmp)
+        failed += training("dpo", po, po.batch_size, po.max_length, tmp)
         if args.stages:
-            stage_peaks(paper, student, tmp, sampling, device)
+            failed += stage_peaks(paper, student, tmp, sampling, device)
         if args.headroom:
-            training("sft", sft, 2, 2048, tmp / "headroom")
-            training("dpo", po, 2, 2048, tmp / "headroom")
-    if FAILED:
-        sys.exit(f"{len(FAILED)} measurement(s) failed: {', '.join(FAILED)}")
+            failed += training("sft", sft, 2, 2048, tmp / "headroom")
+            failed += training("dpo", po, 2, 2048, tmp / "headroom")
+    if failed:
+        sys.exit(f"{len(failed)} measurement(s) failed: {', '.join(failed)}")
     if not cuda:
         print("No CUDA device: this run exercised the 4-bit QLoRA path on a small shape; peak GPU memory of the "
               "8B shape was NOT measured.")
 
 
-def stage_peaks(paper, student, folder: Path, sampling, device: str) -> None:
+def stage_peaks(paper, student, folder: Path, sampling, device: str) -> list[str]:
     """Peaks of the stages that load a model without training it: the 4-bit student with its SFT adapter
     sampling one batch at stage 04's settings (random weights never stop early: every row runs to
     max_new_tokens), and each bf16 judge on a batch of its own size with answers as long as stage 01's."""
@@ -185,7 +183,7 @@ def stage_peaks(paper, student, folder: Path, sampling, device: str) -> None:
         del backend
         free_memory()
 
-    report(f"student sampling (04), {sampling.batch_size} rows x {sampling.max_new_tokens} new tokens", sample)
+    failed = report(f"student sampling (04), {sampling.batch_size} rows x {sampling.max_new_tokens} new tokens", sample)
     params = judge_params(paper, student.name, device)
     tokenizer, length = load_tokenizer(student), paper.overgenerate.sampling.max_new_tokens
     answer = tokenizer.decode(tokenizer(filler(length))["input_ids"][:length])
@@ -198,7 +196,8 @@ def stage_peaks(paper, student, folder: Path, sampling, device: str) -> None:
             free_memory()
 
         name = getattr(params.judges, kind).name
-        report(f"{kind} judge {name} in bf16 (02, 06), answers of {length} tokens", judge)
+        failed += report(f"{kind} judge {name} in bf16 (02, 06), answers of {length} tokens", judge)
+    return failed
 
 
 if __name__ == "__main__":
