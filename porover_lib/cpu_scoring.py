@@ -45,18 +45,15 @@ class PlainLogProbs(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         scale = logit_scale / temperature
         logits = hidden @ weight.to(hidden.dtype).t()  # bf16, as TRL's tiles are
-        z = logits.to(torch.float32, copy=True).mul_(scale)  # the only fp32 copy of the logits
+        z = logits.to(torch.float32, copy=True).mul_(scale)
         log_z = z.logsumexp(-1)
         target = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        p = z.sub_(log_z.unsqueeze(-1)).exp_()  # in place: z becomes log p, then p
         entropy = mean_logits = is_top1 = None
-        if "mean_logits" in outputs:
-            mean_logits = z.mean(-1)
-        log_p = z.sub_(log_z.unsqueeze(-1))  # in place: z becomes log p
         if "entropy" in outputs:
-            p = log_p.exp()
-            entropy = -torch.linalg.vecdot(p, log_p)
-        else:
-            p = log_p.exp_()
+            entropy = log_z - (p * logits.float()).sum(-1) * scale
+        if "mean_logits" in outputs:
+            mean_logits = logits.float().mean(-1) * scale
         if "is_top1" in outputs:  # argmax takes the first maximum: a tie with an earlier token is no top-1, as in TRL
             is_top1 = logits.argmax(-1) == targets
         ctx.save_for_backward(hidden, weight, targets, p)
