@@ -188,12 +188,9 @@ def _checkpoints(params: Params):
 
 def _pair_roles(params: Params):
     """A variant's `pair_roles` must name a role that stage 04's sets give, or stage 05 stops after 04 ran."""
-    from .prompts import declared_role
+    from .prompts import possible_roles
 
-    roles = set()
-    for name in params.preference.sets:
-        role = declared_role(params.prompts[name])
-        roles |= {role} if role else {"harmful", "seemingly_toxic"}  # None: each row's label decides
+    roles = set().union(*(possible_roles(params.prompts[name]) for name in params.preference.sets))
     for name, variant in params.po.variants.items():
         if variant.pair_roles is not None and not roles & set(variant.pair_roles):
             yield Problem(f"po.variants.{name}.pair_roles", variant.pair_roles,

@@ -99,6 +99,10 @@ def _carve_validation(record: PromptRecord) -> PromptRecord:
     return replace(record, split="val") if bucket < VAL_SHARE * 1000 else record
 
 
+# The role a row takes from its label when its set declares none.
+LABEL_ROLES = {"unsafe": "harmful", "safe": "seemingly_toxic"}
+
+
 def _role_and_label(where: str, row_no: int, label, role: str | None, default_label: str | None):
     if label is None or (isinstance(label, float) and pd.isna(label)):
         label = default_label or ("unsafe" if role == "harmful" else "safe" if role else None)
@@ -108,7 +112,7 @@ def _role_and_label(where: str, row_no: int, label, role: str | None, default_la
     if label not in ("safe", "unsafe"):
         raise PromptSourceError(f"{where}: row {row_no}: label {label!r} is not 'safe' or 'unsafe'")
     if role is None:
-        role = "harmful" if label == "unsafe" else "seemingly_toxic"
+        role = LABEL_ROLES[label]
     return role, label
 
 
@@ -202,14 +206,16 @@ def load_hub(name: str, revision: str | None = None, local_path: str | None = No
                      src.columns, src.role, src.label, src.template)
 
 
-def declared_role(spec: PromptSetParams) -> str | None:
-    """The role a params entry gives all its prompts, known before any row is read; None when each
-    row's label decides (unsafe -> harmful, safe -> seemingly_toxic)."""
+def possible_roles(spec: PromptSetParams) -> set[str]:
+    """The roles a params entry's prompts can have, known before any row is read: the role the entry
+    gives all of them, else any a row's label gives (unsafe -> harmful, safe -> seemingly_toxic)."""
     if spec.source == "embedded":
-        return EMBEDDED_SETS.get(spec.name)
-    if spec.source == "hub":
-        return HUB_SOURCES[spec.name].role if spec.name in HUB_SOURCES else None
-    return spec.role
+        role = EMBEDDED_SETS.get(spec.name)
+    elif spec.source == "hub":
+        role = HUB_SOURCES[spec.name].role if spec.name in HUB_SOURCES else None
+    else:
+        role = spec.role
+    return {role} if role else set(LABEL_ROLES.values())
 
 
 def load_prompt_set(spec: PromptSetParams) -> list[PromptRecord]:
