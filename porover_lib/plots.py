@@ -210,30 +210,25 @@ def score_distributions(
     return finish(fig, path)
 
 
-def refusal_rate_histogram(
-    rates: Sequence[float] | Mapping[str, Sequence[float]], tau: float | None = None,
-    path: str | Path | None = None
-) -> Figure:
-    """Histogram of per-prompt student refusal rates, with the selection threshold tau marked; a mapping
-    role -> rates stacks one colour per role, so a pooled bar never hides which prompts it counts."""
-    groups = {str(k): np.asarray(v, dtype=float) for k, v in rates.items()} if isinstance(rates, Mapping) \
-        else {"": np.asarray(rates, dtype=float)}
+def refusal_rate_histogram(rates: Mapping[str, Sequence[float]], tau: float | None = None,
+                           path: str | Path | None = None) -> Figure:
+    """Histogram of per-prompt student refusal rates, role -> rates stacked one colour per role (a pooled
+    bar never hides which prompts it counts), with the selection threshold tau marked."""
+    groups = {str(k): np.asarray(v, dtype=float) for k, v in rates.items()}
     x = np.concatenate(list(groups.values())) if groups else np.array([])
     if x.size == 0:
         raise ValueError("rates is empty")
     if not ((x >= 0) & (x <= 1)).all():
         raise ValueError("rates must be fractions in [0, 1] (NaN not allowed)")
     fig, ax = figure((5.5, 3.5))
-    labelled = isinstance(rates, Mapping)
     ax.hist(list(groups.values()), bins=20, range=(0, 1), stacked=True, edgecolor="white",
-            label=[role.replace("_", "-") for role in groups] if labelled else None)
+            label=[role.replace("_", "-") for role in groups])
     if tau is not None:
         if not 0 <= tau <= 1:
             raise ValueError(f"tau must be in [0, 1], got {tau}")
         above = int((x >= tau).sum())
         ax.axvline(tau, color="crimson", ls="--", label=f"τ = {tau:g} ({above}/{x.size} prompts ≥ τ)")
-    if labelled or tau is not None:
-        ax.legend()
+    ax.legend()
     ax.set_xlim(0, 1)
     ax.set_xlabel("student refusal rate per prompt (share of its samples)")
     ax.set_ylabel("prompts (count)")

@@ -171,21 +171,21 @@ def test_score_distributions(tmp_path):
 
 
 def test_refusal_rate_histogram(tmp_path):
-    rates = [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    rates = {"seemingly_toxic": [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]}
     out = tmp_path / "hist.png"
     fig = plots.refusal_rate_histogram(rates, tau=0.5, path=out)
     _assert_png(out)
     ax = fig.axes[0]
     assert len(ax.patches) == 20
-    assert sum(p.get_height() for p in ax.patches) == len(rates)
+    assert sum(p.get_height() for p in ax.patches) == 8
     (tau_line,) = ax.get_lines()
     assert list(tau_line.get_xdata()) == [0.5, 0.5]
-    assert "5/8" in ax.get_legend().get_texts()[0].get_text()
-    assert plots.refusal_rate_histogram(rates).axes[0].get_legend() is None
+    assert any("5/8" in t.get_text() for t in ax.get_legend().get_texts())
+    assert not plots.refusal_rate_histogram(rates).axes[0].get_lines()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        plots.refusal_rate_histogram([0.2, 1.5])
+        plots.refusal_rate_histogram({"general": [0.2, 1.5]})
     with pytest.raises(ValueError, match="empty"):
-        plots.refusal_rate_histogram([])
+        plots.refusal_rate_histogram({})
 
 
 def test_refusal_rate_histogram_stacks_roles():
