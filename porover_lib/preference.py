@@ -27,10 +27,9 @@ class PreferenceDataError(ValueError):
     pass
 
 
-def refusal_rates(student_rows: list[dict]) -> dict[str, float]:
-    """Share of a prompt's student samples judged a refusal (full or partial)."""
-    return {pid: sum(r["refusal_label"] != "compliance" for r in rows) / len(rows)
-            for pid, rows in group_by_prompt(student_rows).items()}
+def refusal_rates(groups: dict[str, list[dict]]) -> dict[str, float]:
+    """Share of a prompt's student samples (`group_by_prompt`) judged a refusal (full or partial)."""
+    return {pid: sum(r["refusal_label"] != "compliance" for r in rows) / len(rows) for pid, rows in groups.items()}
 
 
 def _check(student_rows: list[dict], tau: float) -> None:
@@ -82,11 +81,12 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
         raise PreferenceDataError(f"preference.safety_rejected = {safety_rejected!r}; "
                                   "allowed: 'student', 'student_or_teacher'")
     rng = random.Random(seed)
-    rates = refusal_rates(student_rows)
+    groups = group_by_prompt(student_rows)
+    rates = refusal_rates(groups)
     teacher = group_by_prompt(teacher_rows)
     pairs, dropped = [], Counter()
     eligible_safety = []
-    for pid, samples in sorted(group_by_prompt(student_rows).items()):
+    for pid, samples in sorted(groups.items()):
         first = samples[0]
         refusals = sorted((r for r in samples if r["refusal_label"] != "compliance"), key=lambda r: r["sample_index"])
         if first["role"] in BENIGN_ROLES:
@@ -117,14 +117,14 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
         pick = pick_one(chosen, harmful_strategy, draw)
         pairs.append(_pair("safety", first, pick, draw.choice(unsafe), rates[pid], tau, seed))
     pairs.sort(key=lambda p: p["id"])
-    return pairs, report(student_rows, pairs, dropped, tau)
+    return pairs, report(groups, rates, pairs, dropped, tau)
 
 
-def report(student_rows: list[dict], pairs: list[dict], dropped: Counter, tau: float) -> dict:
+def report(groups: dict[str, list[dict]], rates: dict[str, float], pairs: list[dict], dropped: Counter,
+           tau: float) -> dict:
     """What the notebook shows: refusal-rate distribution, pairs per category, prompts kept per tau
     (the last two per benign role)."""
-    rates = refusal_rates(student_rows)
-    roles = {pid: rows[0]["role"] for pid, rows in group_by_prompt(student_rows).items()}
+    roles = {pid: rows[0]["role"] for pid, rows in groups.items()}
     by_role = {role: [rate for pid, rate in rates.items() if roles[pid] == role] for role in sorted(set(roles.values()))}
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {
@@ -134,8 +134,8 @@ def report(student_rows: list[dict], pairs: list[dict], dropped: Counter, tau: f
         "pairs_by_category": dict(sorted(Counter(f"{p['kind']}/{p['category']}" for p in pairs).items())),
         "dropped": dict(dropped),
         "student_refusal_rate": {role: mean(rs) for role, rs in by_role.items()},
-        "student_unsafe_rate_harmful": mean([r["safety_label"] == "unsafe" for r in student_rows
-                                             if r["role"] == "harmful"]),
+        "student_unsafe_rate_harmful": mean([r["safety_label"] == "unsafe" for rows in groups.values()
+                                             for r in rows if r["role"] == "harmful"]),
         "prompts_kept_by_tau": {role: {str(t): sum(1 for rate in rs if rate >= t and rate > 0) for t in TAU_GRID}
                                 for role, rs in by_role.items() if role in BENIGN_ROLES},
         "benign_refusal_rates": {role: sorted(rs) for role, rs in by_role.items() if role in BENIGN_ROLES},

@@ -2,6 +2,7 @@
 import pytest
 
 from porover_lib.preference import PreferenceDataError, build_pairs, refusal_rates
+from porover_lib.selection import group_by_prompt
 
 
 def sample(pid, i, role, refused, unsafe=False):
@@ -78,7 +79,7 @@ def test_report_counts_prompts_per_tau_and_rates():
     kept = report["prompts_kept_by_tau"]["seemingly_toxic"]
     assert kept["0.0"] == 4 and kept["1.0"] == 1 and list(report["prompts_kept_by_tau"]) == ["seemingly_toxic"]
     assert report["student_refusal_rate"]["seemingly_toxic"] == pytest.approx(0.5)
-    assert refusal_rates(student_set())["h2"] == 0.5
+    assert refusal_rates(group_by_prompt(student_set()))["h2"] == 0.5
 
 
 def test_bad_input_is_clear():
