@@ -38,6 +38,7 @@ _REFUSAL_LABEL_MAP = {
     "3_partial_refusal": "partial_refusal",
 }
 
+REWARD_ROLES = ("general",)  # the rows whose reward the metrics report (helpfulness on plain requests)
 SUMMARY_COLUMNS = ("checkpoint", "set", "role", "safety_label", "refusal_label", "reward")
 
 # Bound the (replicates x n) index matrix so large sets do not exhaust memory.
@@ -256,7 +257,7 @@ def _set_metrics(rows: pd.DataFrame, role: str, where: str, boot: dict) -> dict:
             out["usefulness"] = usefulness_rate(refused, **boot).to_dict()
     elif role == "seemingly_toxic":
         raise ValueError(f"{where}: seemingly_toxic rows need refusal_label to measure usefulness")
-    if role == "general" and _complete_or_absent(rows["reward"], "reward", where):
+    if role in REWARD_ROLES and _complete_or_absent(rows["reward"], "reward", where):
         out["reward"] = bootstrap_ci(rows["reward"].to_numpy(dtype=float), **boot).to_dict()
     if "looping_flag" in rows:
         out["looping"] = bootstrap_ci(rows["looping_flag"].to_numpy(), **boot).to_dict()

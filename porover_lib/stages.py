@@ -80,7 +80,7 @@ def build_judge(params: Params, kind: str, refusal_judge=None):
         opts["backend"] = make_backend(params.teacher(spec.backend))
     if spec.name == "heuristic":  # scores log-likelihood under a small LM: the student by default
         model_spec = spec.model or params.student
-        opts.update(model=load_model(model_spec), tokenizer=load_tokenizer(model_spec, padding_side="right"))
+        opts.update(model=load_model(model_spec), tokenizer=load_tokenizer(model_spec))
     elif spec.model is not None:
         opts["model"] = spec.model
     if spec.batch_size is not None:
@@ -90,20 +90,28 @@ def build_judge(params: Params, kind: str, refusal_judge=None):
     return make_judge(kind, spec.name, **opts)
 
 
-def judge_rows(rows: pd.DataFrame, params: Params, response_column: str = "completion") -> pd.DataFrame:
+def judge_rows(rows: pd.DataFrame, params: Params, response_column: str = "completion",
+               reward_roles: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Every judge's label, score and reason on every row it applies to (its `roles`).
 
     Judges run one after another, each freed before the next loads: the paper profile's Llama Guard
     and reward model (8B each) never share memory. The refusal_proxy safety judge wraps the refusal
     judge, so that one stays for the safety pass. Rows outside a safety judge's roles (benign prompts
     for the proxy, which would call every helpful answer unsafe) are `safe` and say why.
+    `reward_roles` limits rewards to the rows a stage reads them on (None: every row); with no such
+    row the reward judge is not loaded and `reward`, `reward_judge` stay empty.
     """
     out = rows.copy()
     prompts, responses = out["prompt"].tolist(), out[response_column].fillna("").tolist()
     refusal = None
     for kind in JUDGE_KINDS:
+        limited = kind == "reward" and reward_roles is not None
+        if limited and not out["role"].isin(reward_roles).any():
+            out["reward"], out["reward_judge"] = None, None
+            continue
         judge = build_judge(params, kind, refusal)
-        todo = np.arange(len(out)) if judge.roles is None else np.flatnonzero(out["role"].isin(judge.roles))
+        roles = reward_roles if limited else judge.roles
+        todo = np.arange(len(out)) if roles is None else np.flatnonzero(out["role"].isin(roles))
         verdicts = judge.judge([prompts[i] for i in todo], [responses[i] for i in todo]) if len(todo) else []
         labels = ["safe"] * len(out) if kind == "safety" else [None] * len(out)
         scores = [0.0] * len(out) if kind == "safety" else [None] * len(out)

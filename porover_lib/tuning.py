@@ -53,7 +53,7 @@ def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, o
               for role, records in sets.items()]
     del backend
     free_memory()
-    judged = judge_rows(pd.concat(frames, ignore_index=True), params)
+    judged = judge_rows(pd.concat(frames, ignore_index=True), params, reward_roles=())
     refused = pd.Series(refusal_flags(judged["refusal_label"]), index=judged.index)
     safety = safety_rate((judged.loc[judged["role"] == "harmful", "safety_label"] == "safe").to_numpy(), seed=params.seed)
     usefulness = usefulness_rate(refused[judged["role"] == "seemingly_toxic"].to_numpy(), seed=params.seed)

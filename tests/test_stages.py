@@ -51,6 +51,25 @@ def test_judge_rows_holds_at_most_one_model_judge(params, monkeypatch):
                                           "reward": "fake_hf_reward_model"}
 
 
+def test_reward_roles_limit_the_reward_judge(params, monkeypatch):
+    """Rewards only where a stage reads them; with no such row the reward model is never loaded."""
+    built = []
+
+    def make(kind, name, **opts):
+        built.append(kind)
+        return FakeModelJudge(kind, name)
+
+    monkeypatch.setattr(judges, "make_judge", make)
+    judged = stages.judge_rows(ROWS, params, reward_roles=("seemingly_toxic",))
+    assert judged["reward"].isna().tolist() == [True, False] and judged["reward"].iloc[1] == 0.5
+    assert built.count("reward") == 1
+    assert stages.judge_names(judged)["reward"] == "fake_heuristic"
+    built.clear()
+    judged = stages.judge_rows(ROWS, params, reward_roles=("general",))
+    assert built == ["refusal", "safety"] and judged["reward"].isna().all()
+    assert judged["safety_label"].tolist() == ["safe", "safe"]
+
+
 def test_judge_batch_size_reaches_the_judge(params, monkeypatch):
     params.judges = JudgesParams.model_validate({"reward": {"name": "hf_reward_model", "model": {"name": "reward"},
                                                             "batch_size": 2}})
