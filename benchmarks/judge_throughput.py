@@ -26,14 +26,14 @@ from porover_lib.prompts import load_embedded
 OVERGEN = Path("data/overgen/general_train__smol.jsonl")
 
 
-def completions(model, spec: ModelParams, rows: int) -> tuple[list[str], list[str], str]:
+def completions(model, tokenizer, rows: int) -> tuple[list[str], list[str], str]:
     """(prompts, responses, where they came from)."""
     if OVERGEN.is_file():
         lines = [json.loads(line) for line in OVERGEN.read_text().splitlines()[:rows]]
         return [r["prompt"] for r in lines], [r["completion"] for r in lines], str(OVERGEN)
     records = load_embedded("general")[:rows]
     sampling = SamplingParams(n=1, temperature=0.0, max_new_tokens=96, batch_size=32)
-    answers = HFBackend(model, load_tokenizer(spec), spec.name).generate(records, sampling, seed=0)
+    answers = HFBackend(model, tokenizer).generate(records, sampling, seed=0)
     return [r.prompt for r in records], [a[0].text for a in answers], "greedy answers to embedded general prompts"
 
 
@@ -44,9 +44,8 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = ModelParams(name="embedded:smollm2-135m-instruct", dtype="bfloat16", device="cpu")
-    model = load_model(spec).eval()
-    prompts, responses, source = completions(model, spec, args.rows)
-    tokenizer = load_tokenizer(spec, padding_side="right")
+    model, tokenizer = load_model(spec).eval(), load_tokenizer(spec)  # one tokenizer: both pad by hand
+    prompts, responses, source = completions(model, tokenizer, args.rows)
     print(f"{len(prompts)} completions ({source}), torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     scores, seconds = {}, {}
