@@ -6,7 +6,8 @@ for it (`split: val`, prompts.VAL_SHARE), never on the eval sets.
     python -m porover_lib.tuning derta params/tuning.yaml  # a block with `stage: sft`: DeRTa's variants
 
 The grid file names the profile and, per block, the stage it tunes (`stage`, default: the block's name)
-and variants as overrides of that profile's `sft` (and `select`: SFT data) or `po` block. Each variant's
+and variants as overrides of that profile's `sft` (and `select`: SFT data) or `po` block; a po block's
+`preference_sets` remake stage 04's samples on other prompts first (preference_data). Each variant's
 validation rates land in outputs/tuning/<block>.json; the choice is the variant
 with the highest mean of safety and usefulness (general and seemingly-toxic) among those whose safety is
 within `safety_margin` of the best variant's (SFT blocks) or of the SFT start's (PO blocks: the step is
@@ -31,6 +32,9 @@ from .selection import sft_rows
 
 VAL_SETS = ("general", "harmful", "seemingly_toxic")  # embedded set names, which are also their roles
 MAX_LOOPING = 0.05  # variants looping in more of their answers are left out of the choice
+SFT_DIR = "checkpoints/sft"  # a po block's start (`sft_dir`)
+STUDENT_DATA = "data/preference/student_judged.jsonl"  # stage 04's judged student samples (`student_data`)
+JUDGED_DATA = "data/sft/judged.jsonl"  # stage 02's judged completions (`data`; a po block's `teacher_data`)
 
 
 def validation_sets(limit: int | None = None) -> dict[str, list]:
@@ -88,10 +92,40 @@ def _train_sft(params: Params, overrides: dict, val_ids: set[str], out: Path, sp
 
     select = type(params.select).model_validate({**params.select.model_dump(), **overrides.pop("select", {})})
     sft = type(params.sft).model_validate(deep_merge(params.sft.model_dump(), overrides))
-    judged = [r for r in read_jsonl(spec.get("data", "data/sft/judged.jsonl")) if r["prompt_id"] not in val_ids]
+    judged = [r for r in read_jsonl(spec.get("data", JUDGED_DATA)) if r["prompt_id"] not in val_ids]
     rows, _, _ = sft_rows(judged, select, params.seed)
     training.train_sft(rows, params.student, sft, out, seed=params.seed)
     return {"select": select.model_dump(), "sft": sft.model_dump(), "rows": len(rows)}
+
+
+def preference_data(params: Params, spec: dict, work: Path) -> dict:
+    """A po block's `preference_sets`: prompt sets that stand in for stage 04's prompts of their role (e.g.
+    every seemingly-toxic training prompt rather than the profile's first 80), sampled from the SFT start and
+    judged as stage 04 does, their chosen answers from stage 02's rows or the profile's `preference.teacher`
+    as stage 04 makes them. Written once under <work_dir>/data (delete it to remake); returns the block with
+    `student_data` and `teacher_data` pointing there."""
+    import pandas as pd
+
+    from .io import write_rows
+    from .prompts import load_sets
+    from .stages import judge_rows, student_samples, teacher_completions
+
+    data = work / "data"
+    student_path, teacher_path, manifest = data / "student_judged.jsonl", data / "teacher_judged.jsonl", data / "sets.json"
+    made = {"preference_sets": spec["preference_sets"], "sft_dir": spec.get("sft_dir", SFT_DIR)}
+    if not (manifest.is_file() and json.loads(manifest.read_text()) == made):
+        for name, entry in spec["preference_sets"].items():
+            params.prompts[name] = PromptSetParams.model_validate(entry)
+        sets = load_sets(params, spec["preference_sets"])
+        new = judge_rows(student_samples(params, sets, made["sft_dir"], data), params, reward_roles=())
+        stage04 = pd.DataFrame(read_jsonl(spec.get("student_data", STUDENT_DATA)))
+        write_rows(student_path, pd.concat([new, stage04[~stage04["role"].isin(set(new["role"]))]], ignore_index=True))
+        stage02 = pd.DataFrame(read_jsonl(spec.get("teacher_data", JUDGED_DATA)))
+        teacher = teacher_completions(params, sets, spec.get("teacher_data", JUDGED_DATA), data)
+        write_rows(teacher_path, pd.concat([stage02, teacher[~teacher["prompt_id"].isin(set(stage02["prompt_id"]))]],
+                                           ignore_index=True))
+        manifest.write_text(json.dumps(made, indent=1))
+    return {**spec, "student_data": str(student_path), "teacher_data": str(teacher_path)}
 
 
 def _train_po(params: Params, overrides: dict, val_ids: set[str], out: Path, spec: dict) -> dict:
@@ -105,13 +139,13 @@ def _train_po(params: Params, overrides: dict, val_ids: set[str], out: Path, spe
     variant = type(params.po.variants["po"]).model_validate(
         deep_merge(params.po.variants["po"].model_dump(), overrides.pop("variant", {})))
     po = type(params.po).model_validate(deep_merge(params.po.model_dump(exclude={"variants"}), overrides))
-    student = [r for r in read_jsonl(spec.get("student_data", "data/preference/student_judged.jsonl"))
+    student = [r for r in read_jsonl(spec.get("student_data", STUDENT_DATA))
                if r["prompt_id"] not in val_ids]
     ids = {r["prompt_id"] for r in student}
-    teacher = [r for r in read_jsonl(spec.get("teacher_data", "data/sft/judged.jsonl")) if r["prompt_id"] in ids]
+    teacher = [r for r in read_jsonl(spec.get("teacher_data", JUDGED_DATA)) if r["prompt_id"] in ids]
     pairs, report = build_pairs(student, teacher, pref.tau, pref.safety_pair_share, params.seed, pref.safety_rejected,
                                 params.select.harmful_strategy or params.select.strategy)
-    training.train_po(pairs, params.student, spec.get("sft_dir", "checkpoints/sft"), out.name, variant, po, out,
+    training.train_po(pairs, params.student, spec.get("sft_dir", SFT_DIR), out.name, variant, po, out,
                       seed=params.seed)
     return {"preference": pref.model_dump(), "po": po.model_dump(exclude={"variants"}), "variant": variant.model_dump(),
             "pairs_by_kind": report["pairs_by_kind"]}
@@ -130,8 +164,10 @@ def tune(block: str, grid_path: str | Path) -> dict:
     val = validation_sets(spec.get("val_limit"))
     val_ids = {r.id for records in val.values() for r in records}
     results = {}
+    if stage == "po" and "preference_sets" in spec:
+        spec = preference_data(params, spec, work)
     if stage == "po":  # the starting point, for reference: every variant is compared with it
-        start_dir = Path(spec.get("sft_dir", "checkpoints/sft"))
+        start_dir = Path(spec.get("sft_dir", SFT_DIR))
         results["sft (start)"] = {**validation_rates(params, start_dir, "sft", val, work / "start",
                                                      spec.get("max_new_tokens", 48)), "overrides": None}
     for name, overrides in spec["variants"].items():

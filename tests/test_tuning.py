@@ -42,3 +42,46 @@ def test_a_grid_block_must_exist_and_name_a_stage(tmp_path):
         tune("derta", grid)
     with pytest.raises(ValueError, match=r"block 'odd' tunes stage 'rl'"):
         tune("odd", grid)
+
+
+def test_preference_sets_stand_in_for_stage_04s_prompts_of_their_role(tmp_path, monkeypatch):
+    """A po block's `preference_sets` replace stage 04's rows of their role, keep the others, add chosen answers
+    only for prompts stage 02 did not answer, and are made once per block (the manifest), not per call."""
+    import pandas as pd
+
+    from porover_lib import stages, tuning
+    from porover_lib.config import load_params
+    from porover_lib.io import read_jsonl, write_rows
+
+    def row(pid, role, teacher):
+        return {"prompt_id": pid, "role": role, "teacher": teacher, "completion": "ok"}
+
+    student04, stage02 = tmp_path / "student.jsonl", tmp_path / "judged.jsonl"
+    write_rows(student04, pd.DataFrame([row("t1", "seemingly_toxic", "student"), row("h1", "harmful", "student")]))
+    write_rows(stage02, pd.DataFrame([row("t1", "seemingly_toxic", "smol"), row("h1", "harmful", "reference")]))
+    made = []
+
+    def samples(params, sets, sft_dir, out_dir):
+        made.append(sorted(sets))
+        return pd.DataFrame([row(r.id, "seemingly_toxic", "student") for r in sets["toxic_all"][:3]])
+
+    def teacher(params, sets, judged_path, out_dir):
+        covered = pd.DataFrame(read_jsonl(judged_path))
+        return pd.concat([covered[covered["prompt_id"] == "t1"],
+                          pd.DataFrame([row(r.id, "seemingly_toxic", "smol") for r in sets["toxic_all"][:3]])])
+
+    monkeypatch.setattr(stages, "student_samples", samples)
+    monkeypatch.setattr(stages, "teacher_completions", teacher)
+    monkeypatch.setattr(stages, "judge_rows", lambda rows, params, **kw: rows)
+    params = load_params(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
+    spec = {"student_data": str(student04), "teacher_data": str(stage02),
+            "preference_sets": {"toxic_all": {"source": "embedded", "name": "seemingly_toxic", "split": "train"}}}
+    out = tuning.preference_data(params, spec, tmp_path / "work")
+    student = read_jsonl(out["student_data"])
+    new_ids = [r["prompt_id"] for r in student if r["role"] == "seemingly_toxic"]
+    assert len(new_ids) == 3 and "t1" not in new_ids  # stage 04's seemingly-toxic row is gone ...
+    assert [r["prompt_id"] for r in student if r["role"] == "harmful"] == ["h1"]  # ... its harmful row kept
+    teacher_ids = [r["prompt_id"] for r in read_jsonl(out["teacher_data"])]
+    assert teacher_ids == ["t1", "h1", *new_ids]  # stage 02's rows once, then the new prompts' answers
+    tuning.preference_data(params, spec, tmp_path / "work")
+    assert made == [["toxic_all"]]
