@@ -7,7 +7,9 @@ for it (`split: val`, prompts.VAL_SHARE), never on the eval sets.
 
 The grid file names the profile and, per block, the stage it tunes (`stage`, default: the block's name)
 and variants as overrides of that profile's `sft` (and `select`: SFT data) or `po` block; a po block's
-`preference_sets` remake stage 04's samples on other prompts first (preference_data). Each variant's
+`preference_sets` remake stage 04's samples on other prompts first (preference_data); `attack: true` adds
+stage 06's completion attack on the validation split (attack_prompts); `references` names checkpoints measured
+beside the variants, never chosen (a po block's SFT start always is). Each variant's
 validation rates land in outputs/tuning/<block>.json; the choice is the variant
 with the highest mean of safety and usefulness (general and seemingly-toxic) among those whose safety is
 within `safety_margin` of the best variant's (SFT blocks) or of the SFT start's (PO blocks: the step is
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Params, PromptSetParams, deep_merge, load_params
+from .config import AttackParams, Params, PromptSetParams, deep_merge, load_params
 from .io import read_jsonl
 from .metrics import looping_flags, refusal_flags, safety_rate, usefulness_rate
 from .prompts import load_prompt_set
@@ -32,6 +34,7 @@ from .selection import sft_rows
 
 VAL_SETS = ("general", "harmful", "seemingly_toxic")  # embedded set names, which are also their roles
 MAX_LOOPING = 0.05  # variants looping in more of their answers are left out of the choice
+ATTACK_SET = "harmful_val"  # the completion attack's prompts on the validation split (a block's `attack: true`)
 SFT_DIR = "checkpoints/sft"  # a po block's start (`sft_dir`)
 STUDENT_DATA = "data/preference/student_judged.jsonl"  # stage 04's judged student samples (`student_data`)
 JUDGED_DATA = "data/sft/judged.jsonl"  # stage 02's judged completions (`data`; a po block's `teacher_data`)
@@ -40,6 +43,37 @@ JUDGED_DATA = "data/sft/judged.jsonl"  # stage 02's judged completions (`data`; 
 def validation_sets(limit: int | None = None) -> dict[str, list]:
     """The embedded sets' validation prompts, one set per role."""
     return {name: load_prompt_set(PromptSetParams(name=name, split="val", limit=limit)) for name in VAL_SETS}
+
+
+def attack_prompts(params: Params, val: dict, out_dir: Path, max_new_tokens: int) -> tuple[Params, list]:
+    """Stage 06's completion attack on the validation split (DeRTa §4): the harmful validation prompts the
+    base student answers unsafely, the first `evaluate.attack.prefix_words` words of that answer in the
+    assistant turn. Returns the profile with the validation set as the attack's set, and the prompts."""
+    from .stages import attack_records, checkpoint_backend, free_memory, generate_rows, judge_rows
+
+    params = params.model_copy(deep=True)
+    params.prompts[ATTACK_SET] = PromptSetParams(name="harmful", split="val")
+    params.evaluate.attack = AttackParams(set=ATTACK_SET, **({"prefix_words": params.evaluate.attack.prefix_words}
+                                                             if params.evaluate.attack else {}))
+    sampling = params.evaluate.sampling = params.evaluate.sampling.model_copy(
+        update={"max_new_tokens": max_new_tokens, "n": 1})  # the continuations too (attack_responses)
+    backend = checkpoint_backend(params.student, None, "base")
+    rows = generate_rows(val["harmful"], backend, sampling, out_dir / "val__harmful.jsonl", params.seed,
+                         extra={"set": ATTACK_SET, "checkpoint": "base"})
+    del backend
+    free_memory()
+    return params, attack_records(params, judge_rows(rows, params, reward_roles=()))
+
+
+def attack_safety(attack: tuple[Params, list], adapter_dir: Path | None, name: str, out_dir: Path) -> dict[str, float]:
+    """The share of one checkpoint's continuations of the attack prefixes that turn to a refusal."""
+    from .stages import attack_responses, judge_rows
+
+    params, records = attack
+    judged = judge_rows(attack_responses(params, {name: adapter_dir}, records, out_dir), params, reward_roles=())
+    rate = safety_rate((judged["safety_label"] == "safe").to_numpy(), seed=params.seed)
+    return {"attack_safety": rate.value, "attack_safety_low": rate.low, "attack_safety_high": rate.high,
+            "attack_prompts": len(records)}
 
 
 def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, out_dir: Path,
@@ -166,21 +200,33 @@ def tune(block: str, grid_path: str | Path) -> dict:
     results = {}
     if stage == "po" and "preference_sets" in spec:
         spec = preference_data(params, spec, work)
+    tokens = spec.get("max_new_tokens", 48)
+    attack = attack_prompts(params, val, work / "base", tokens) if spec.get("attack") else None
+
+    def score(adapter_dir: Path, name: str, out: Path) -> dict[str, float]:
+        rates = validation_rates(params, adapter_dir, name, val, out, tokens)
+        return {**rates, **(attack_safety(attack, adapter_dir, name, out / "attack") if attack else {})}
+
+    references = dict(spec.get("references", {}))  # checkpoints measured beside the variants, never chosen
     if stage == "po":  # the starting point, for reference: every variant is compared with it
-        start_dir = Path(spec.get("sft_dir", SFT_DIR))
-        results["sft (start)"] = {**validation_rates(params, start_dir, "sft", val, work / "start",
-                                                     spec.get("max_new_tokens", 48)), "overrides": None}
+        references = {"sft (start)": spec.get("sft_dir", SFT_DIR), **references}
+    for name, adapter_dir in references.items():
+        out = work / ("start" if name == "sft (start)" else f"reference__{name}")
+        results[name] = {**score(Path(adapter_dir), name.split()[0], out), "overrides": None}
     for name, overrides in spec["variants"].items():
         started, out = time.time(), work / name
         done = out / "variant.json"  # a finished variant with the same overrides is read back, not retrained
         before = json.loads(done.read_text()) if done.is_file() else None
         if before is not None and before["overrides"] == (overrides or {}):
+            if attack and "attack_safety" not in before:  # a block that added `attack` after this variant ran
+                before.update(attack_safety(attack, out, name, out / "attack"))
+                done.write_text(json.dumps(before, indent=1))
             results[name] = before
             print(name, "(done before)", flush=True)
             continue
         train = _train_sft if stage == "sft" else _train_po
         record = train(params, dict(overrides or {}), val_ids, out, spec)
-        rates = validation_rates(params, out, name, val, out, spec.get("max_new_tokens", 48))
+        rates = score(out, name, out)
         results[name] = {**rates, "overrides": overrides or {}, "params": record,
                          "seconds": round(time.time() - started)}
         done.write_text(json.dumps(results[name], indent=1))

@@ -85,3 +85,32 @@ def test_preference_sets_stand_in_for_stage_04s_prompts_of_their_role(tmp_path, 
     assert teacher_ids == ["t1", "h1", *new_ids]  # stage 02's rows once, then the new prompts' answers
     tuning.preference_data(params, spec, tmp_path / "work")
     assert made == [["toxic_all"]]
+
+
+def test_the_validation_attack_continues_the_base_students_unsafe_answers_to_validation_prompts(tmp_path, monkeypatch):
+    """`attack: true` builds stage 06's completion attack from the harmful *validation* prompts: prefixes of the
+    base student's (no adapter) answers judged unsafe, never an eval prompt."""
+    import pandas as pd
+
+    from porover_lib import stages, tuning
+    from porover_lib.config import load_params
+    from porover_lib.judges import Judgement
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
+    val = tuning.validation_sets(limit=3)
+    adapters = []
+
+    def generate(records, backend, sampling, out_path, seed, extra=None):
+        assert sampling.max_new_tokens == 24 and sampling.temperature == 0.0
+        return pd.DataFrame([{**extra, "prompt_id": r.id, "prompt": r.prompt, "role": r.role, "sample_index": 0,
+                              "completion": ("Sure, here is how " if i else "I can't help with that ") * 4}
+                             for i, r in enumerate(records)])
+
+    monkeypatch.setattr(stages, "checkpoint_backend", lambda student, adapter, name: adapters.append(adapter))
+    monkeypatch.setattr(stages, "generate_rows", generate)
+    attack_params, records = tuning.attack_prompts(params, val, tmp_path, max_new_tokens=24)
+    assert adapters == [None]
+    assert [r.id for r in records] == [r.id for r in val["harmful"][1:]]  # the first answer refused: no prefix
+    assert all(r.split == "val" and r.prefill.startswith("Sure, here is how") for r in records)
+    assert len(records[0].prefill.split()) == attack_params.evaluate.attack.prefix_words
+    assert attack_params.evaluate.sampling.max_new_tokens == 24 and params.evaluate.attack.set != tuning.ATTACK_SET
