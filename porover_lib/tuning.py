@@ -148,6 +148,7 @@ def preference_data(params: Params, spec: dict, work: Path) -> dict:
     student_path, teacher_path, manifest = data / "student_judged.jsonl", data / "teacher_judged.jsonl", data / "sets.json"
     made = {"preference_sets": spec["preference_sets"], "sft_dir": spec.get("sft_dir", SFT_DIR)}
     if not (manifest.is_file() and json.loads(manifest.read_text()) == made):
+        params = params.model_copy(deep=True)  # the block's sets join a copy of the profile, not the caller's
         for name, entry in spec["preference_sets"].items():
             params.prompts[name] = PromptSetParams.model_validate(entry)
         sets = load_sets(params, spec["preference_sets"])
