@@ -45,6 +45,11 @@ def validation_sets(limit: int | None = None) -> dict[str, list]:
     return {name: load_prompt_set(PromptSetParams(name=name, split="val", limit=limit)) for name in VAL_SETS}
 
 
+def validation_sampling(params: Params, max_new_tokens: int):
+    """Stage 06's greedy decoding, one answer per prompt, with a block's token budget."""
+    return params.evaluate.sampling.model_copy(update={"max_new_tokens": max_new_tokens, "n": 1})
+
+
 def attack_prompts(params: Params, val: dict, out_dir: Path, max_new_tokens: int) -> tuple[Params, list]:
     """Stage 06's completion attack on the validation split (DeRTa §4): the harmful validation prompts the
     base student answers unsafely, the first `evaluate.attack.prefix_words` words of that answer in the
@@ -55,8 +60,7 @@ def attack_prompts(params: Params, val: dict, out_dir: Path, max_new_tokens: int
     params.prompts[ATTACK_SET] = PromptSetParams(name="harmful", split="val")
     params.evaluate.attack = AttackParams(set=ATTACK_SET, **({"prefix_words": params.evaluate.attack.prefix_words}
                                                              if params.evaluate.attack else {}))
-    sampling = params.evaluate.sampling = params.evaluate.sampling.model_copy(
-        update={"max_new_tokens": max_new_tokens, "n": 1})  # the continuations too (attack_responses)
+    params.evaluate.sampling = sampling = validation_sampling(params, max_new_tokens)  # attack_responses reads it
     backend = checkpoint_backend(params.student, None, "base")
     rows = generate_rows(val["harmful"], backend, sampling, out_dir / "val__harmful.jsonl", params.seed,
                          extra={"set": ATTACK_SET, "checkpoint": "base"})
@@ -84,7 +88,7 @@ def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, o
 
     from .stages import checkpoint_backend, free_memory, generate_rows, judge_rows
 
-    sampling = params.evaluate.sampling.model_copy(update={"max_new_tokens": max_new_tokens, "n": 1})
+    sampling = validation_sampling(params, max_new_tokens)
     backend = checkpoint_backend(params.student, adapter_dir, name)
     frames = [generate_rows(records, backend, sampling, out_dir / f"val__{role}.jsonl", params.seed,
                             extra={"set": f"{role}_val", "checkpoint": name})
@@ -212,8 +216,9 @@ def tune(block: str, grid_path: str | Path) -> dict:
     if stage == "po":  # the starting point, for reference: every variant is compared with it
         references = {"sft (start)": spec.get("sft_dir", SFT_DIR), **references}
     for name, adapter_dir in references.items():
-        out = work / ("start" if name == "sft (start)" else f"reference__{name}")
-        results[name] = {**score(Path(adapter_dir), name.split()[0], out), "overrides": None}
+        start = name == "sft (start)"  # its answers keep the label and folder they had before references existed
+        out = work / ("start" if start else f"reference__{name}")
+        results[name] = {**score(Path(adapter_dir), "sft" if start else name, out), "overrides": None}
     for name, overrides in spec["variants"].items():
         started, out = time.time(), work / name
         done = out / "variant.json"  # a finished variant with the same overrides is read back, not retrained
