@@ -162,6 +162,8 @@ class SelectParams(Strict):
     # e.g. harmful prompts answered by the team's references, the student's own answers kept for DeRTa
     teachers: dict[str, list[str]] = Field(default_factory=dict)
     min_reward: float | None = None  # optional floor on the reward of a kept general completion
+    # answers per general prompt: its N samples in this many groups by sample index, the best acceptable of each
+    general_answers: int = Field(default=1, ge=1)
     # at most this share of SFT rows refuse harmful prompts (a seeded subset); None: all selected rows
     harmful_share: float | None = Field(default=None, gt=0.0, lt=1.0)
 

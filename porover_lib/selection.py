@@ -65,23 +65,42 @@ def sft_example(chosen: dict, strategy: str, candidates: list[dict]) -> dict:
     }
 
 
+def split_general(groups: dict[str, list[dict]], k: int) -> dict[str, list[dict]]:
+    """Each general prompt's samples in `k` groups by sample index (0, 1 | 2, 3 for N = 4, k = 2), so rejection
+    sampling keeps up to k different answers, each the best of N/k; group j > 0 is keyed `<prompt_id>#j`."""
+    if k == 1:
+        return groups
+    out = {}
+    for prompt_id, candidates in groups.items():
+        if candidates[0]["role"] != "general":
+            out[prompt_id] = candidates
+            continue
+        n = 1 + max(r["sample_index"] for r in candidates)
+        for j in range(k):
+            part = [r for r in candidates if r["sample_index"] * k // n == j]
+            if part:
+                out[prompt_id if j == 0 else f"{prompt_id}#{j}"] = part
+    return out
+
+
 def select(rows: list[dict], strategy: str = "best_of_n", seed: int = 0, min_reward: float | None = None,
-           harmful_strategy: str | None = None,
-           teachers: dict[str, list[str]] | None = None) -> tuple[list[dict], list[dict], dict]:
+           harmful_strategy: str | None = None, teachers: dict[str, list[str]] | None = None,
+           general_answers: int = 1) -> tuple[list[dict], list[dict], dict]:
     """Rejection sampling over judged rows: (SFT rows, dropped prompts, report). `teachers` limits, per
-    set, whose completions may become SFT answers (the others still give DeRTa its harmful responses)."""
+    set, whose completions may become SFT answers (the others still give DeRTa its harmful responses);
+    `general_answers` answers per general prompt (split_general)."""
     teachers = teachers or {}
     for key, value in (("strategy", strategy), ("harmful_strategy", harmful_strategy or strategy)):
         if value not in STRATEGIES:
             raise ValueError(f"select.{key} {value!r} is not one of {STRATEGIES}")
     rng = random.Random(seed)
     kept, dropped = [], []
-    for prompt_id, candidates in sorted(group_by_prompt(rows).items()):
+    for prompt_id, candidates in sorted(split_general(group_by_prompt(rows), general_answers).items()):
         ok = [r for r in candidates if acceptable(r) and (min_reward is None or r["reward"] >= min_reward)
               and r.get("teacher") in teachers.get(r.get("set"), [r.get("teacher")])]
         if ok:
             how = harmful_strategy or strategy if candidates[0]["role"] == "harmful" else strategy
-            kept.append(sft_example(pick_one(ok, how, rng), how, candidates))
+            kept.append({**sft_example(pick_one(ok, how, rng), how, candidates), "id": f"sft-{prompt_id}"})
         else:
             first = candidates[0]
             dropped.append({"prompt_id": prompt_id, "role": first["role"], "prompt": first["prompt"],
@@ -113,18 +132,21 @@ def sft_rows(judged: list[dict], params, seed: int = 0) -> tuple[list[dict], lis
     rejection sampling, then the cap on refusals; (SFT rows, dropped prompts, report)."""
     rows = [r for r in judged if r["set"] in params.sets]
     kept, dropped, report = select(rows, params.strategy, seed, params.min_reward, params.harmful_strategy,
-                                   params.teachers)
+                                   params.teachers, params.general_answers)
     return cap_share(kept, "harmful", params.harmful_share, seed), dropped, report
 
 
 def yield_report(rows: list[dict], kept: list[dict], dropped: list[dict]) -> dict:
-    """Prompts in, prompts kept, and why the rest were dropped, per role."""
+    """Prompts in, prompts kept (with at least one answer), answers kept, and why the rest were dropped
+    (per answer slot: a prompt with `general_answers` > 1 may keep one answer and drop another), per role."""
     prompts = Counter(r["role"] for r in group_by_prompt(rows).values() for r in r[:1])
-    kept_by_role = Counter(r["role"] for r in kept)
+    kept_prompts = Counter(role for role, _ in {(r["role"], r["prompt_id"]) for r in kept})
+    answers = Counter(r["role"] for r in kept)
     report = {}
     for role, n in sorted(prompts.items()):
         drops = Counter(d["why"] for d in dropped if d["role"] == role)
-        report[role] = {"prompts": n, "kept": kept_by_role[role], "yield": kept_by_role[role] / n,
+        report[role] = {"prompts": n, "kept": kept_prompts[role], "yield": kept_prompts[role] / n,
+                        "answers": answers[role],
                         "dropped": dict(drops),
                         "completions": sum(1 for r in rows if r["role"] == role),
                         "acceptable_completions": sum(1 for r in rows if r["role"] == role and acceptable(r))}

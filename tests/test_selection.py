@@ -34,7 +34,7 @@ def test_best_of_n_picks_highest_reward_among_acceptable():
     assert by_id["h1"]["messages"][1]["content"] == "h1-2"
     assert by_id["h1"]["harmful_response"] == "step 1: ..." and by_id["g1"]["harmful_response"] is None
     assert {d["prompt_id"]: d["why"] for d in dropped} == {"g2": "refusal", "h2": "unsafe"}
-    assert report["general"] == {"prompts": 2, "kept": 1, "yield": 0.5, "dropped": {"refusal": 1},
+    assert report["general"] == {"prompts": 2, "kept": 1, "yield": 0.5, "answers": 1, "dropped": {"refusal": 1},
                                  "completions": 5, "acceptable_completions": 2}
 
 
@@ -94,3 +94,20 @@ def test_teachers_limit_whose_answers_become_sft_data_but_not_derta_prefixes():
     assert kept[0]["messages"][1]["content"] == "h1-0"  # the reference, though a student refusal scores higher
     assert kept[0]["harmful_response"] == "step 1: ..."  # the student's unsafe answer still feeds DeRTa
     assert select(rows, "best_of_n")[0][0]["messages"][1]["content"] == "h1-2"
+
+
+def test_general_answers_keep_the_best_of_each_group_of_samples():
+    """general_answers=2 splits a general prompt's samples 0,1 | 2,3 and keeps the best acceptable one of each;
+    harmful prompts keep one answer; 1 is plain best-of-n."""
+    rows = [row("g1", i, "general", reward=r) for i, r in enumerate([0.1, 0.7, 0.9, 0.3])]
+    rows += [row("g2", 0, "general", reward=0.5), row("g2", 1, "general", refusal="refusal"),
+             row("g2", 2, "general", refusal="refusal"), row("g2", 3, "general", refusal="refusal")]
+    rows += [row("h1", i, "harmful", refusal="refusal", reward=r) for i, r in enumerate([0.2, 0.8, 0.4, 0.6])]
+    kept, dropped, report = select(rows, "best_of_n", general_answers=2)
+    answers = [(k["id"], k["prompt_id"], k["messages"][1]["content"]) for k in kept]
+    assert answers == [("sft-g1", "g1", "g1-1"), ("sft-g1#1", "g1", "g1-2"), ("sft-g2", "g2", "g2-0"),
+                       ("sft-h1", "h1", "h1-1")]
+    assert [d["prompt_id"] for d in dropped] == ["g2#1"]  # both of its samples refused
+    assert {k: report["general"][k] for k in ("prompts", "kept", "answers", "dropped")} == \
+        {"prompts": 2, "kept": 2, "answers": 3, "dropped": {"refusal": 1}}
+    assert [k["messages"][1]["content"] for k in select(rows, "best_of_n")[0]] == ["g1-2", "g2-0", "h1-1"]
