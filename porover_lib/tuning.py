@@ -9,7 +9,8 @@ The grid file names the profile and, per block, the stage it tunes (`stage`, def
 and variants as overrides of that profile's `sft` (and `select`: SFT data) or `po` block; a po block's
 `preference_sets` remake stage 04's samples on other prompts first (preference_data); `attack: true` adds
 stage 06's completion attack on the validation split (attack_prompts); `references` names checkpoints measured
-beside the variants, never chosen (a po block's SFT start always is). Each variant's
+beside the variants, never chosen (a po block's SFT start always is). A block's work_dir keeps its answers and
+adapters for the next call, which reads them back only if they were made from the same inputs (check_inputs). Each variant's
 validation rates land in outputs/tuning/<block>.json; the choice is the variant
 with the highest mean of safety and usefulness (general and seemingly-toxic) among those whose safety is
 within `safety_margin` of the best variant's (SFT blocks) or of the SFT start's (PO blocks: the step is
@@ -20,6 +21,7 @@ copied into the profile by hand, so a reader sees them in params/.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -123,6 +125,39 @@ def choose(results: dict[str, dict], safety_margin: float, max_looping: float = 
     return max(ok, key=lambda k: (ok[k]["safety"] + ok[k]["usefulness"] + 1 - ok[k]["general_refusal"]) / 3)
 
 
+def block_inputs(params: Params, stage: str, spec: dict) -> dict[str, str]:
+    """What a block's cached answers and adapters are made from: the profile, the block's settings and the run's
+    files under it (stage 02's or 04's rows, the SFT start, the references' adapters), each as a hash."""
+    files = [spec.get("data", JUDGED_DATA)] if stage == "sft" else [
+        spec.get("student_data", STUDENT_DATA), spec.get("teacher_data", JUDGED_DATA),
+        Path(spec.get("sft_dir", SFT_DIR)) / "adapter_model.safetensors"]
+    from .stages import fingerprint
+
+    files += [Path(d) / "adapter_model.safetensors" for d in spec.get("references", {}).values()]
+    inputs = {"profile": fingerprint(params.model_dump(mode="json")),
+              "block": fingerprint({k: v for k, v in spec.items() if k != "variants"})}
+    for f in map(Path, files):
+        inputs[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()[:12] if f.is_file() else "missing"
+    return inputs
+
+
+def check_inputs(work: Path, inputs: dict[str, str]) -> None:
+    """A block's work_dir reads back only what was made from the same inputs (block_inputs): after a rerun of the
+    pipeline or an edit of the profile its answers and adapters would be stale, so it stops and says which."""
+    path = work / "inputs.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in {*before, *inputs} if before.get(k) != inputs.get(k))
+        if changed:
+            raise RuntimeError(f"{work} was made from other inputs ({', '.join(changed)} changed since): delete it to "
+                               "run the block on the current ones")
+    elif work.is_dir() and any(work.iterdir()):
+        raise RuntimeError(f"{work} holds results with no record of their inputs ({path.name}): delete it to run the "
+                           "block on the current ones")
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(inputs, indent=1))
+
+
 def _train_sft(params: Params, overrides: dict, val_ids: set[str], out: Path, spec: dict) -> dict:
     """One SFT variant: `select` overrides remake the SFT data from stage 02's judged rows, the rest
     override the sft block."""
@@ -200,6 +235,7 @@ def tune(block: str, grid_path: str | Path) -> dict:
     if stage not in ("sft", "po"):
         raise ValueError(f"{grid_path}: block {block!r} tunes stage {stage!r}; set `stage: sft` or `stage: po`")
     work = Path(spec.get("work_dir", f"checkpoints/tuning/{block}"))
+    check_inputs(work, block_inputs(params, stage, spec))
     val = validation_sets(spec.get("val_limit"))
     val_ids = {r.id for records in val.values() for r in records}
     results = {}

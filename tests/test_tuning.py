@@ -114,3 +114,30 @@ def test_the_validation_attack_continues_the_base_students_unsafe_answers_to_val
     assert all(r.split == "val" and r.prefill.startswith("Sure, here is how") for r in records)
     assert len(records[0].prefill.split()) == attack_params.evaluate.attack.prefix_words
     assert attack_params.evaluate.sampling.max_new_tokens == 24 and params.evaluate.attack.set != tuning.ATTACK_SET
+
+
+def test_a_block_reads_back_only_what_was_made_from_the_same_inputs(tmp_path):
+    """A rerun of stage 02 (new rows under the block), an edited profile or a new token budget stop a block whose
+    work_dir holds answers made before, naming what changed; the same inputs read back."""
+    from porover_lib.config import load_params
+    from porover_lib.tuning import block_inputs, check_inputs
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
+    judged, work = tmp_path / "judged.jsonl", tmp_path / "work"
+    judged.write_text('{"prompt_id": "g1"}\n')
+    spec = {"data": str(judged), "max_new_tokens": 64, "variants": {"a": {}}}
+    check_inputs(work, block_inputs(params, "sft", spec))
+    check_inputs(work, block_inputs(params, "sft", {**spec, "variants": {"a": {}, "b": {}}}))  # a new variant is fine
+    judged.write_text('{"prompt_id": "g2"}\n')
+    with pytest.raises(RuntimeError, match=rf"{work} was made from other inputs \({judged} changed since\)"):
+        check_inputs(work, block_inputs(params, "sft", spec))
+    judged.write_text('{"prompt_id": "g1"}\n')
+    with pytest.raises(RuntimeError, match=r"\(block changed since\)"):
+        check_inputs(work, block_inputs(params, "sft", {**spec, "max_new_tokens": 48}))
+    params.select.general_answers = 1
+    with pytest.raises(RuntimeError, match=r"\(profile changed since\)"):
+        check_inputs(work, block_inputs(params, "sft", spec))
+    old = tmp_path / "old"
+    (old / "a").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match=r"no record of their inputs"):
+        check_inputs(old, block_inputs(params, "sft", spec))
