@@ -128,11 +128,11 @@ def choose(results: dict[str, dict], safety_margin: float, max_looping: float = 
 def block_inputs(params: Params, stage: str, spec: dict) -> dict[str, str]:
     """What a block's cached answers and adapters are made from: the profile, the block's settings and the run's
     files under it (stage 02's or 04's rows, the SFT start, the references' adapters), each as a hash."""
+    from .stages import fingerprint
+
     files = [spec.get("data", JUDGED_DATA)] if stage == "sft" else [
         spec.get("student_data", STUDENT_DATA), spec.get("teacher_data", JUDGED_DATA),
         Path(spec.get("sft_dir", SFT_DIR)) / "adapter_model.safetensors"]
-    from .stages import fingerprint
-
     files += [Path(d) / "adapter_model.safetensors" for d in spec.get("references", {}).values()]
     inputs = {"profile": fingerprint(params.model_dump(mode="json")),
               "block": fingerprint({k: v for k, v in spec.items() if k != "variants"})}
