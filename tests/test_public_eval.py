@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from porover_lib.public_eval import BENCHMARKS, DONOTANSWER_AREAS, benchmark_prompts
+from porover_lib.public_eval import BENCHMARKS, DONOTANSWER_AREAS, benchmark_prompts, draw_planes
 
 
 def _write_areas(tmp_path, rows_per_area=12, skip=None):
@@ -61,3 +61,18 @@ def test_missing_file_names_it_and_how_to_get_it(tmp_path):
         benchmark_prompts("oktest", tmp_path, seed=0)
     with pytest.raises(KeyError, match="known"):
         benchmark_prompts("orbench", tmp_path, seed=0)
+
+
+def test_planes_pair_a_safety_report_with_each_usefulness_report(tmp_path):
+    def report(metric, values):
+        return {"metric": metric, "summary": {c: {metric: v, f"{metric}_low": v - 0.05, f"{metric}_high": v + 0.05}
+                                              for c, v in values.items()}}
+
+    reports = {"donotanswer": report("safety", {"base": 0.2, "sft": 0.5}),
+               "coconot": report("usefulness", {"base": 0.99, "sft": 0.7, "po": 0.8}),
+               "oktest": report("usefulness", {"base": 0.9, "sft": 0.9})}
+    for name, rep in reports.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(rep))
+    paths = draw_planes(tmp_path)
+    assert sorted(p.name for p in paths) == ["plane_donotanswer_coconot.png", "plane_donotanswer_oktest.png"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
