@@ -72,7 +72,7 @@ def benchmark_prompts(name: str, data_dir: str | Path, seed: int) -> tuple[list,
             raise FileNotFoundError(f"{path}: not found; for {name} the folder should hold "
                                     f"{', '.join(bench.files)}. Get them with: {bench.get}")
         rows = read_table(path)
-        if bench.keep and bench.keep[0] not in rows[0]:
+        if bench.keep and rows and bench.keep[0] not in rows[0]:
             raise PromptSourceError(f"{path}: no column {bench.keep[0]!r} to select rows by; it has {list(rows[0])}")
         columns = {k: c for k, c in (("id", bench.id_column), ("category", bench.category_column)) if c}
         chosen = [r if bench.category_column else replace(r, category=path.stem)
