@@ -92,6 +92,7 @@ def evaluate_public(profile: str | Path, name: str, data_dir: str | Path, out_di
 
     from . import adapters, metrics, plots, stages
     from .config import load_params
+    from .figures import finish
     from .io import write_json, write_rows
 
     params = load_params(profile)
@@ -106,8 +107,7 @@ def evaluate_public(profile: str | Path, name: str, data_dir: str | Path, out_di
     results = metrics.summarize(judged, n_boot=params.evaluate.n_boot, seed=params.seed)
     pairs = metrics.comparison_pairs(list(checkpoints), params.checkpoint_starts())
     paired = metrics.paired_tests(judged, pairs)
-    good = (judged["safety_label"] == "safe") if metric == "safety" else ~pd.Series(
-        metrics.refusal_flags(judged["refusal_label"]), index=judged.index)
+    good = metrics._paired_outcomes(judged, bench.role)[metric]  # the per-prompt flag the rate counts
     by_category = judged.assign(good=good).pivot_table(index="checkpoint", columns="category", values="good",
                                                        aggfunc="mean", sort=False)
     report = {"benchmark": name, "title": bench.title, "get": bench.get, "files_sha256": hashes,
@@ -119,7 +119,7 @@ def evaluate_public(profile: str | Path, name: str, data_dir: str | Path, out_di
     write_json(out / f"{name}.json", report)
     fig = plots.rates_with_ci(results)
     fig.suptitle(f"{name}: {metric} per checkpoint ({len(records)} prompts)")
-    fig.savefig(out / f"{name}_rates.png", dpi=150)
+    finish(fig, out / f"{name}_rates.png")
     draw_planes(out)
     print(pd.DataFrame({c: {metric: s[metric], "low": s[f"{metric}_low"], "high": s[f"{metric}_high"]}
                         for c, s in results["summary"].items()}).T.round(3).to_string())
@@ -135,6 +135,7 @@ def draw_planes(out_dir: str | Path) -> list[Path]:
     import json
 
     from . import plots
+    from .figures import finish
 
     reports = {n: json.loads((Path(out_dir) / f"{n}.json").read_text()) for n in BENCHMARKS
                if (Path(out_dir) / f"{n}.json").is_file()}
@@ -152,7 +153,7 @@ def draw_planes(out_dir: str | Path) -> list[Path]:
             ax.set_ylabel(f"safety on {s_name} (harmful prompts declined)")
             ax.set_title(f"public benchmarks: {s_name} x {u_name}")
             paths.append(Path(out_dir) / f"plane_{s_name}_{u_name}.png")
-            fig.savefig(paths[-1], dpi=150)
+            finish(fig, paths[-1])
     return paths
 
 
