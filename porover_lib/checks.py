@@ -5,7 +5,8 @@ looks outside it: prompt files exist and parse, model names resolve (a local pat
 embedded name is known, a hub id is well-formed and, with the hub reachable, exists), API key
 variables are set, evaluated checkpoints are defined, each preference variant's `pair_roles` has pairs
 to train on, and a CUDA device is there when the profile asks for one. Each problem is one line naming
-the key and its value; an API key is never read beyond "is it set".
+the key and its value; an API key is never read beyond "is it set". `cpu_notes` adds advice that stops
+nothing: bf16 pinned on a CPU that can only emulate it.
 """
 from __future__ import annotations
 
@@ -211,6 +212,26 @@ def _devices(params: Params, cuda: bool | None):
     if not cuda:
         for key, value in wants.items():
             yield Problem(key, value, "needs a CUDA GPU and none is visible (torch.cuda.is_available() is False)")
+
+
+def cpu_notes(params: Params) -> list[str]:
+    """Advice that does not stop a run: a model pinned to bf16 on a CPU without bf16 instructions runs
+    several times slower there than in float32 (benchmarks/cpu_dtype.py), which `dtype: auto` would pick."""
+    import torch
+
+    from .models import pick_device, pick_dtype
+
+    notes = []
+    for key, spec in model_specs(params).items():
+        if spec.dtype != "bfloat16" or spec.load_in_4bit or spec.device == "cuda" or pick_device(spec) != "cpu":
+            continue
+        if pick_dtype(spec.model_copy(update={"dtype": "auto"})) != torch.bfloat16:
+            notes.append(f"{key}.dtype = 'bfloat16': this CPU has no bf16 instructions (torch reports "
+                         f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated and a run is several "
+                         "times slower than in float32 (measure it: benchmarks/cpu_dtype.py). `dtype: auto` picks "
+                         "float32 on such a CPU; its answers differ from a bf16 run's by rounding, so the "
+                         "committed metrics are not repeated to the digit.")
+    return notes
 
 
 def report(profile: str | Path, problems: list[Problem]) -> str:

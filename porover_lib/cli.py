@@ -246,10 +246,14 @@ def _add_check_command(commands) -> None:
 
 
 def _run_check(args) -> int:
-    from .checks import check_profile, report
+    from .checks import check_profile, cpu_notes, profile_path, report
+    from .config import load_params
 
     problems = check_profile(args.profile)
     print(report(args.profile, problems), file=sys.stderr if problems else sys.stdout)
+    if not problems:  # advice, on stderr, so that stdout stays the one-line verdict
+        for note in cpu_notes(load_params(profile_path(args.profile))):
+            print(f"note: {note}", file=sys.stderr)
     return 1 if problems else 0
 
 

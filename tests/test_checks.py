@@ -36,6 +36,23 @@ def test_the_default_profile_passes_offline(capsys):
     assert check_profile(REPO / "params" / "smoke.yaml") == []
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_is_a_note_not_a_problem(monkeypatch, capsys):
+    """The default profile pins bf16: on an AVX2-only CPU `porover check` still passes, and says on stderr which
+    models would run emulated bf16; on a CPU with bf16 instructions it says nothing more."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert main(["check", "default"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "params/default.yaml: ready to run"
+    notes = err.strip().splitlines()
+    assert [n.split(":")[1].strip() for n in notes] == ["student.dtype = 'bfloat16'",
+                                                        "teachers.smol.model.dtype = 'bfloat16'"]
+    assert all("torch reports AVX2" in n and "dtype: auto" in n for n in notes)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    assert main(["check", "default"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 GOOD_PROMPTS = '{"q": "How do I bake bread?", "topic": "cooking"}\n{"q": "Name three rivers.", "topic": "geo"}\n'
 
 BAD = {  # kind of mistake -> (profile body, the line `porover check` must print; {tmp} is the test folder)
