@@ -45,6 +45,7 @@ bench: setup
 	$(PY) benchmarks/qlora_memory.py
 	$(PY) benchmarks/memory_table.py
 	$(PY) benchmarks/soak.py
+	$(PY) benchmarks/cpu_dtype.py
 
 clean-venv:
 	rm -rf $(VENV)
