@@ -9,7 +9,7 @@ from porover_lib.config import ParamsError, dump_resolved, load_params, validate
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+@pytest.mark.parametrize("profile", ["smoke", "default", "default_fp32", "paper"])
 def test_every_profile_loads(profile):
     params = load_params(PARAMS / f"{profile}.yaml")
     assert params.profile == profile
@@ -29,6 +29,15 @@ def test_smoke_extends_default_and_overrides_only_what_it_says():
     assert smoke.prompts["harmful_train"].limit == 4
     assert smoke.prompts["harmful_train"].split == default.prompts["harmful_train"].split == "train"
     assert smoke.sft.learning_rate == default.sft.learning_rate
+
+
+def test_default_fp32_is_the_default_run_in_float32():
+    """Everything but the dtype of the two models is the default profile's, so only rounding separates the runs."""
+    default, fp32 = load_params(PARAMS / "default.yaml"), load_params(PARAMS / "default_fp32.yaml")
+    assert (fp32.student.dtype, fp32.teachers["smol"].model.dtype) == ("float32", "float32")
+    same = fp32.model_copy(update={"profile": default.profile, "description": default.description,
+                                   "student": default.student, "teachers": default.teachers})
+    assert same == default
 
 
 def test_resolved_profile_round_trips():
