@@ -215,23 +215,24 @@ def _devices(params: Params, cuda: bool | None):
 
 
 def cpu_notes(params: Params) -> list[str]:
-    """Advice that does not stop a run: a model pinned to bf16 on a CPU without bf16 instructions runs
-    several times slower there than in float32 (benchmarks/cpu_dtype.py), which `dtype: auto` would pick."""
+    """Advice that does not stop a run: a model pinned to bf16 on a CPU without bf16 instructions trains
+    ~30x slower there than in float32 (benchmarks/cpu_dtype.py), which `dtype: auto` would pick."""
     import torch
 
     from .models import pick_device, pick_dtype
 
-    notes = []
-    for key, spec in model_specs(params).items():
-        if spec.dtype != "bfloat16" or spec.load_in_4bit or spec.device == "cuda" or pick_device(spec) != "cpu":
-            continue
-        if pick_dtype(spec.model_copy(update={"dtype": "auto"})) != torch.bfloat16:
-            notes.append(f"{key}.dtype = 'bfloat16': this CPU has no bf16 instructions (torch reports "
-                         f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated and a run is several "
-                         "times slower than in float32 (measure it: benchmarks/cpu_dtype.py). `dtype: auto` picks "
-                         "float32 on such a CPU; its answers differ from a bf16 run's by rounding, so the "
-                         "committed metrics are not repeated to the digit.")
-    return notes
+    on_cpu = {key: spec for key, spec in model_specs(params).items()
+              if spec.dtype == "bfloat16" and not spec.load_in_4bit and spec.device != "cuda"
+              and pick_device(spec) == "cpu"}
+    pinned = [f"{key}.dtype" for key, spec in on_cpu.items()
+              if pick_dtype(spec.model_copy(update={"dtype": "auto"})) != torch.bfloat16]
+    if not pinned:
+        return []
+    return [f"{', '.join(pinned)} = 'bfloat16': this CPU has no bf16 instructions (torch reports "
+            f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated: a LoRA SFT step took ~30x as long as "
+            "in float32 on such a CPU (measure yours: benchmarks/cpu_dtype.py; the default run in float32: "
+            "PROFILE=default_fp32). `dtype: auto` picks float32 on such a CPU; its answers differ from a bf16 run's "
+            "by rounding, so committed metrics are not repeated to the digit."]
 
 
 def report(profile: str | Path, problems: list[Problem]) -> str:

@@ -240,7 +240,8 @@ def _add_check_command(commands) -> None:
         description="Load a profile and check what it points at, without running anything: prompt files exist "
                     "and parse, models resolve (on the hub too unless HF_HUB_OFFLINE=1), API key variables are "
                     "set, evaluated checkpoints exist in the profile, a CUDA GPU is there if asked for. "
-                    "Prints one line per problem and exits 1 if there is any.")
+                    "Prints one line per problem and exits 1 if there is any; notes that stop nothing (a model "
+                    "pinned to bf16 on a CPU that can only emulate it) go to stderr.")
     p.add_argument("profile", nargs="?", default="default", help="a name in params/ (default, paper) or a YAML path")
     p.set_defaults(run=_run_check)
 

@@ -85,7 +85,8 @@ def test_labels_of_checkpoints_that_land_together_do_not_overlap():
 
     point = {"safety": 0.23, "safety_low": 0.17, "safety_high": 0.3,
              "usefulness": 0.88, "usefulness_low": 0.83, "usefulness_high": 0.93}
-    summary = {name: point for name in ("base", "derta", "po_derta")} | {"sft": {**point, "safety": 0.6, "safety_low": 0.5, "safety_high": 0.7}}
+    summary = {name: point for name in ("base", "derta", "po_derta")}
+    summary["sft"] = {**point, "safety": 0.6, "safety_low": 0.5, "safety_high": 0.7}
     fig = tradeoff_plane({"summary": summary})
     ax = fig.axes[0]
     spread_labels(ax, summary)
