@@ -46,9 +46,9 @@ AFTER = (STUDENT.model_copy(update={"attn_implementation": "eager"}),
          {"precompute_ref_log_probs": True}, True)
 
 
-def bf16_matmul_flops(size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a large bf16 matmul on this CPU: the practical limit a training step is held against."""
-    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+def matmul_flops(size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.bfloat16) -> float:
+    """FLOP/s of a large matmul on this CPU (bf16: the practical limit a training step is held against)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     started = time.perf_counter()
     for _ in range(repeats):
@@ -167,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    peak = bf16_matmul_flops()
+    peak = matmul_flops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 matmul {peak / 1e9:.0f} GFLOP/s")
     sft_rows, pairs = build_data(48, 72, 48)
     model = load_model(STUDENT)
