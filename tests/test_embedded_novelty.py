@@ -10,10 +10,10 @@ import pytest
 
 from novelty import EMBEDDED, Index, benchmark_duplicates, benchmark_prompts, embedded_prompts, train_eval_duplicates
 
-MIN_SIZES = {  # set -> (train, eval)
+MIN_SIZES = {  # set -> (train, eval); train includes the validation share carved from it
     "general": (500, 100),
-    "seemingly_toxic": (300, 100),
-    "harmful": (200, 100),
+    "seemingly_toxic": (600, 200),
+    "harmful": (600, 200),
 }
 
 
@@ -74,3 +74,29 @@ def test_seemingly_toxic_prompts_name_their_over_refusal_type():
     rows = embedded_prompts(EMBEDDED)["seemingly_toxic"]
     assert all(r.get("type") for r in rows)
     assert len({r["type"] for r in rows}) >= 6, Counter(r["type"] for r in rows)
+
+
+def test_harmful_and_seemingly_toxic_prompts_come_in_twin_pairs():
+    """Each harmful prompt has a benign twin sharing its alarming word(s) and topic, in the same split and
+    category, so that words cannot tell the two roles apart; the `alarm` word stands in both."""
+    sets = embedded_prompts(EMBEDDED)
+    harmful = {r["pair_id"]: r for r in sets["harmful"]}
+    toxic = {r["pair_id"]: r for r in sets["seemingly_toxic"]}
+    assert len(harmful) == len(sets["harmful"]) and len(toxic) == len(sets["seemingly_toxic"])  # one row per pair
+    assert set(harmful) == set(toxic)
+    for pair, h in harmful.items():
+        t = toxic[pair]
+        assert (h["split"], h["category"]) == (t["split"], t["category"]), pair
+        assert h["alarm"] == t["alarm"], pair
+        if h["alarm"]:
+            assert h["alarm"].lower() in h["prompt"].lower() and h["alarm"].lower() in t["prompt"].lower(), pair
+
+
+def test_word_free_harmful_prompts_carry_no_alarming_word():
+    """Harmful requests without an alarming word (fraud, skimming, stalking, privacy): the word test's half."""
+    from porover_lib.word_test import alarming_words
+
+    rows = [r for r in embedded_prompts(EMBEDDED)["harmful"] if r["alarm"] == ""]
+    assert Counter(r["split"] for r in rows)["train"] >= 100 and Counter(r["split"] for r in rows)["eval"] >= 50
+    carrying = [(r["id"], alarming_words(r["prompt"])) for r in rows if alarming_words(r["prompt"])]
+    assert not carrying, carrying[:10]
