@@ -1,14 +1,15 @@
-"""Soak of resumption: SIGKILL the three long generation loops at seeded random points, rerun each
-until it completes, and compare with an uninterrupted run of the same seed.
+"""Soak of resumption: SIGKILL the long loops at seeded random points, rerun each until it completes,
+and compare with an uninterrupted run of the same seed.
 
-The three kinds of work are the notebooks' own calls: stage 01 `overgenerate_sets`, stage 04's
-student sampling (`checkpoint_backend` of the SFT adapter + `generate_rows` per set) and stage 06
-`evaluation_responses`. They run on a tiny random Llama with the embedded tokenizer
+The four kinds of work are the notebooks' own calls: stage 01 `overgenerate_sets`, stage 02's judging of
+its rows (`judge_rows` with its verdict store: keyword, refusal proxy and the heuristic reward scored by the
+student, a batched model judge), stage 04's student sampling (`checkpoint_backend` of the SFT adapter +
+`generate_rows` per set) and stage 06 `evaluation_responses`. They run on a tiny random Llama with the embedded tokenizer
 (tests/tiny.py) and a random LoRA adapter as "sft", so a soak takes minutes on 2 CPU cores; the
 resumption code does not depend on the model's size. After the first kill of each kind the newest
 output file is also cut in the middle of its last row, as a kill inside a write would leave it.
 
-    flock /tmp/torch.lock .venv/bin/python benchmarks/soak.py            # 12 kills, seed 0
+    flock /tmp/torch.lock .venv/bin/python benchmarks/soak.py            # 16 kills, seed 0
 
 Prints every kill (seconds after the worker was ready) and, per kind and overall,
 `lost=… duplicated=… identical=…`; exits 1 if a row is lost or duplicated, an output differs from
@@ -29,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("01_overgenerate", "04_student", "06_evaluate")
+KINDS = ("01_overgenerate", "02_judge", "04_student", "06_evaluate")
 
 
 # ------------------------------------------------------------------------------ worker side
@@ -80,13 +81,22 @@ def work_once(kind: str, work: Path, out: Path) -> None:
     print("ready", flush=True)
     if kind == "01_overgenerate":
         stages.overgenerate_sets(params, out)
+    elif kind == "02_judge":  # stage 02's judging of the reference run's stage-01 rows, verdicts kept as made
+        from porover_lib import verdicts
+        from porover_lib.io import write_rows
+
+        verdicts.CHUNK = 16  # the soak's rows are few: small blocks, so kills land between appends
+        rows = stages.overgenerated_rows(params, work / "reference" / "01_overgenerate")
+        write_rows(out / "judged.jsonl", stages.judge_rows(rows, params, store=out / "verdicts"))
     elif kind == "04_student":  # what notebook 04 does before judging: the SFT student's M samples per prompt
         student = stages.checkpoint_backend(params.student, work / "sft", "sft")
         for name, recs in load_sets(params, params.preference.sets).items():
             stages.generate_rows(recs, student, params.preference.sampling, out / f"student__{name}.jsonl",
                                  params.seed, extra={"set": name, "teacher": "student"})
     else:
-        checkpoints = stages.checkpoint_dirs(params, work / "sft", work / "po")
+        from porover_lib.adapters import checkpoint_dirs
+
+        checkpoints = checkpoint_dirs(params, work / "sft", work / "po")
         stages.evaluation_responses(params, checkpoints, load_sets(params, params.evaluate.sets), out)
     print("done", flush=True)
 
@@ -168,7 +178,8 @@ def soak_kind(kind: str, work: Path, kills: int, rng: random.Random, log) -> tup
 
 
 def compare(ref: Path, out: Path) -> dict:
-    """Rows lost or duplicated (by file, prompt_id, sample_index) and whether every file is the same bytes."""
+    """Rows lost or duplicated (by file and prompt_id, sample_index, or a verdict's key) and whether every file
+    is the same bytes (a verdict read back stale would differ)."""
     ref_files = {f.relative_to(ref) for f in ref.rglob("*") if f.is_file()}
     out_files = {f.relative_to(out) for f in out.rglob("*") if f.is_file()}
     want, have, torn = Counter(), Counter(), 0
@@ -180,7 +191,9 @@ def compare(ref: Path, out: Path) -> dict:
                 except json.JSONDecodeError:
                     torn += counter is have
                     continue
-                counter[(str(name), row["prompt_id"], row["sample_index"])] += 1
+                row_key = ((row["key"],) if "key" in row else  # a verdict; else a row of a set, teacher, checkpoint
+                           (row.get("set"), row.get("teacher"), row.get("checkpoint"), row["prompt_id"], row["sample_index"]))
+                counter[(str(name), *row_key)] += 1
     same = ref_files == out_files and all((ref / f).read_bytes() == (out / f).read_bytes() for f in ref_files)
     return dict(rows=sum(want.values()), lost=sum(1 for k in want if k not in have),
                 duplicated=sum(c - 1 for c in have.values() if c > 1), extra=sum(1 for k in have if k not in want),
@@ -189,8 +202,8 @@ def compare(ref: Path, out: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=12, help="kills in total, spread over the three kinds")
-    parser.add_argument("--min-kills", type=int, default=10, help="fail if fewer kills land mid-run")
+    parser.add_argument("--kills", type=int, default=16, help="kills in total, spread over the four kinds")
+    parser.add_argument("--min-kills", type=int, default=13, help="fail if fewer kills land mid-run")
     parser.add_argument("--seed", type=int, default=0, help="picks the kill points")
     parser.add_argument("--work", help="working folder (default: a temporary one, removed afterwards)")
     args = parser.parse_args()

@@ -34,9 +34,14 @@ log = logging.getLogger("porover_lib.generation")  # one logger name for every b
 @dataclass
 class Completion:
     text: str
-    finish_reason: str  # "stop" | "length" (a server may also say e.g. "content_filter")
+    finish_reason: str  # "stop" | "length" | "error" (a server may also say e.g. "content_filter")
     prompt_tokens: int | None
     completion_tokens: int | None  # None = not measured (reference texts, a usage total shared by n choices)
+    # why no usable text came back for this request (an API's 400, a content filter): the row is kept, with
+    # its reason, and no judge or selection counts it as an answer
+    error: str | None = None
+    api_model: str | None = None  # what an API says answered (its `model`), beside the name we asked for
+    system_fingerprint: str | None = None  # the API's backend configuration, where it reports one
 
 
 class GenerationError(RuntimeError):
@@ -107,6 +112,9 @@ class OpenAIBackend(ChatBackend):
 
     name = "openai"
     RETRY_STATUS = (408, 409, 429)  # and every 5xx
+    # a request this server will never answer (a 400: too long, refused by a content policy; 413, 422): recorded
+    # as a row with its reason, the run goes on. Others (401, 403, 404: key, access, model name) stop the run.
+    RECORD_STATUS = (400, 413, 422)
 
     class BadReply(Exception):
         """A 200 reply we cannot use; `reason` is "malformed" or "no_choices"."""
@@ -117,11 +125,14 @@ class OpenAIBackend(ChatBackend):
 
     def __init__(self, base_url: str | None, model: str, api_key_env: str = "OPENAI_API_KEY",
                  max_concurrency: int = 8, timeout: float = 120.0, max_retries: int = 6,
-                 backoff: float = 1.0, max_backoff: float = 60.0, revision: str | None = None):
+                 backoff: float = 1.0, max_backoff: float = 60.0, revision: str | None = None,
+                 continue_final_message: bool = False, adapter: str | None = None):
         from openai import OpenAI
 
         self.base_url = base_url or "https://api.openai.com/v1"
         self.model_name, self.revision = model, revision
+        self.continue_final_message = continue_final_message
+        self.adapter = adapter  # a served checkpoint's local adapter fingerprint, recorded in every row
         self.max_concurrency, self.max_retries = max_concurrency, max_retries
         self.backoff, self.max_backoff = backoff, max_backoff
         key = os.environ.get(api_key_env)
@@ -134,6 +145,7 @@ class OpenAIBackend(ChatBackend):
         self._key = key
         self._random = random.Random()  # jitter only; leaves the global RNG to seeded code
         self.retries: Counter[str] = Counter()
+        self.recorded: Counter[str] = Counter()  # requests refused for good, by status, kept as error rows
         self._lock = threading.Lock()  # requests run in threads
         self.client = OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0)
 
@@ -144,10 +156,14 @@ class OpenAIBackend(ChatBackend):
         return 4 * self.max_concurrency
 
     def complete(self, conversations: list[list[dict]], sampling: SamplingParams, seed: int) -> list[list[Completion]]:
-        """One request per conversation, at most `max_concurrency` in flight; results in input order."""
-        if any(m[-1]["role"] == "assistant" for m in conversations):
-            raise GenerationError(f"backend openai ({self.model_name}): Chat Completions cannot continue an "
-                                  "unfinished assistant turn (evaluate.attack); evaluate with the hf or vllm backend")
+        """One request per conversation, at most `max_concurrency` in flight; results in input order.
+        An unfinished assistant turn (the completion attack) is sent with vLLM's `continue_final_message`
+        where the profile says the server has it; OpenAI's own API has no such request."""
+        if any(m[-1]["role"] == "assistant" for m in conversations) and not self.continue_final_message:
+            raise GenerationError(
+                f"backend openai ({self.model_name} at {self.base_url}): Chat Completions cannot continue an unfinished "
+                "assistant turn (evaluate.attack). Serve the model with vLLM and set continue_final_message: true on "
+                "this backend, or evaluate with the hf or vllm backend")
         with ThreadPoolExecutor(self.max_concurrency) as pool, \
                 tqdm(total=len(conversations), desc=f"requests {self.model_name}", unit="req", leave=False) as bar:
             futures = [pool.submit(self._samples, m, sampling, seed) for m in conversations]
@@ -175,12 +191,21 @@ class OpenAIBackend(ChatBackend):
             kwargs["top_p"] = sampling.top_p
         if n > 1:
             kwargs["n"] = n
+        if messages[-1]["role"] == "assistant":  # vLLM's chat extension: continue the last message
+            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         for attempt in range(self.max_retries + 1):
             try:
                 return self._completions(self.client.chat.completions.create(**kwargs))
             except (openai.APIStatusError, openai.APIConnectionError, openai.APIResponseValidationError,
                     json.JSONDecodeError, self.BadReply) as err:
                 reason = self._reason(err)
+                if isinstance(err, openai.APIStatusError) and err.status_code in self.RECORD_STATUS:
+                    why = self._scrub(f"{err.status_code}: {_error_message(err)}")
+                    with self._lock:
+                        self.recorded[str(err.status_code)] += 1
+                    log.warning("openai backend %s: request refused (%s); recorded as an error row, going on",
+                                self.base_url, why[:200])
+                    return [Completion("", "error", None, None, error=why) for _ in range(n)]
                 if reason is None or attempt == self.max_retries:
                     tries = f"after {attempt + 1} attempts" if reason else "(not retryable)"
                     raise GenerationError(self._scrub(
@@ -204,9 +229,12 @@ class OpenAIBackend(ChatBackend):
         try:
             usage = response.usage
             shared = len(choices) > 1  # usage is a total over all choices then
+            served, fingerprint = getattr(response, "model", None), getattr(response, "system_fingerprint", None)
             return [Completion(text=(c.message.content or "").strip(), finish_reason=c.finish_reason or "stop",
                                prompt_tokens=usage.prompt_tokens if usage else None,
-                               completion_tokens=usage.completion_tokens if usage and not shared else None)
+                               completion_tokens=usage.completion_tokens if usage and not shared else None,
+                               error="content_filter" if c.finish_reason == "content_filter" else None,
+                               api_model=served, system_fingerprint=fingerprint)
                     for c in sorted(choices, key=lambda c: c.index)]
         except (AttributeError, TypeError) as err:  # fields missing or of the wrong type
             raise self.BadReply("malformed", f"the reply's choices cannot be read: {err}") from None
@@ -241,11 +269,23 @@ class OpenAIBackend(ChatBackend):
         return text.replace(self._key, "***") if self._key != "EMPTY" else text
 
 
+def _error_message(err) -> str:
+    """The message of an API error's body ({"error": {"message": ...}}), else the exception's text."""
+    body = getattr(err, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            code = inner.get("code") or inner.get("type")
+            return f"{inner['message']}" + (f" ({code})" if code else "")
+    return str(err)
+
+
 # ------------------------------------------------------------------------------------------- vllm
 
 
-def vllm_engine_kwargs(spec: ModelParams, seed: int = 0) -> dict:
-    """`vllm.LLM(...)` arguments for a model spec."""
+def vllm_engine_kwargs(spec: ModelParams, seed: int = 0, max_model_len: int | None = None,
+                       gpu_memory_utilization: float | None = None) -> dict:
+    """`vllm.LLM(...)` arguments for a model spec and the backend's engine settings."""
     from .models import resolve_path
 
     kwargs = dict(model=resolve_path(spec), dtype=spec.dtype, seed=seed, trust_remote_code=spec.trust_remote_code)
@@ -253,6 +293,10 @@ def vllm_engine_kwargs(spec: ModelParams, seed: int = 0) -> dict:
         kwargs["revision"] = spec.revision
     if spec.load_in_4bit:
         kwargs["quantization"] = "bitsandbytes"
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    if gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     return kwargs
 
 
@@ -264,18 +308,37 @@ def vllm_sampling_kwargs(sampling: SamplingParams, seed: int) -> dict:
 
 
 class VLLMBackend(ChatBackend):
-    """The vLLM offline engine (GPU). Imported only when selected."""
+    """The vLLM offline engine (GPU). Imported only when selected; never run in this project's CI."""
 
     name = "vllm"
 
-    def __init__(self, spec: ModelParams, seed: int = 0):
+    def __init__(self, spec: ModelParams, seed: int = 0, max_model_len: int | None = None,
+                 gpu_memory_utilization: float | None = None):
         try:
             import vllm
         except ImportError as err:
             raise GenerationError("backend 'vllm' needs vLLM (Linux + CUDA GPU): pip install 'porover[vllm]'") from err
         self._vllm = vllm
         self.model_name, self.revision = spec.name, spec.revision
-        self.llm = vllm.LLM(**vllm_engine_kwargs(spec, seed))
+        self.llm = vllm.LLM(**vllm_engine_kwargs(spec, seed, max_model_len, gpu_memory_utilization))
+
+    def close(self) -> None:
+        """Free the engine's GPU memory before the next model loads (a judge, the student)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        for stop in ("shutdown",):  # vLLM >= 0.8 engines stop their workers here
+            if engine is not None and callable(getattr(engine, stop, None)):
+                getattr(engine, stop)()
+        del llm, engine
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except (ImportError, AssertionError, RuntimeError):
+            pass  # older/newer vLLM without these, or nothing initialised
 
     def preferred_batch_prompts(self, sampling: SamplingParams) -> int:
         return 256  # vLLM schedules its own batches; this is only the checkpoint granularity

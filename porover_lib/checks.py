@@ -99,8 +99,8 @@ def check_profile(profile: str | Path, hub: HubLookup | None | bool = True,
         return [Problem(str(path), None, " ".join(text.split()))]
     if hub is True:
         hub = None if hub_offline() else _until_unreachable(hub_lookup)
-    return [*_prompt_sets(params, hub or None), *_models(params, hub or None), *_teachers(params),
-            *_checkpoints(params), *_pair_roles(params), *_devices(params, cuda)]
+    return [*_prompt_sets(params, hub or None), *_overlaps(params), *_models(params, hub or None),
+            *_teachers(params), *_checkpoints(params), *_pair_roles(params), *_devices(params, cuda)]
 
 
 def _prompt_sets(params: Params, hub: HubLookup | None):
@@ -118,6 +118,44 @@ def _prompt_sets(params: Params, hub: HubLookup | None):
             load_prompt_set(spec)
         except (PromptSourceError, OSError, ValueError, KeyError) as err:
             yield Problem(key, spec.name, str(err).removeprefix(f"{spec.name}: "))
+
+
+def training_sets(params: Params) -> list[str]:
+    """The prompt sets a run trains on: overgenerated (01), selected (02) or sampled for pairs (04)."""
+    return list(dict.fromkeys([*params.overgenerate.sets, *params.select.sets, *params.preference.sets]))
+
+
+def _overlaps(params: Params):
+    """No training set may hold a prompt of an evaluation set (exactly or nearly, overlap.py), unless its
+    `drop_overlap_with` drops them at load time. Sets that cannot be loaded here (a hub set offline) are
+    skipped: the hub check above reports them."""
+    from .overlap import overlapping
+    from .prompts import load_sets
+
+    def load(name: str):
+        try:
+            return load_sets(params, [name])[name]
+        except Exception:  # noqa: BLE001  reported by _prompt_sets / the hub lookup, or unreachable offline
+            return None
+
+    evaluation = {name: load(name) for name in dict.fromkeys(params.evaluate.sets)}
+    for train in training_sets(params):
+        if train in evaluation:
+            yield Problem(f"prompts.{train}", None, "is both a training set and in evaluate.sets")
+            continue
+        records = load(train)
+        if records is None:
+            continue
+        for name, held_out in evaluation.items():
+            if held_out is None or name in params.prompts[train].drop_overlap_with:
+                continue
+            hits = overlapping([r.prompt for r in records], [r.prompt for r in held_out])
+            if hits:
+                i, other, why = hits[0]
+                yield Problem(f"prompts.{train}", None,
+                              f"{len(hits)} of its {len(records)} prompts are also in evaluation set {name!r} (exact or "
+                              f"near duplicates, e.g. {records[i].prompt[:70]!r} ~ {other[:70]!r}: {why}); train on "
+                              f"other prompts, or drop these with prompts.{train}.drop_overlap_with: [{name}]")
 
 
 def model_specs(params: Params) -> dict[str, ModelParams]:
@@ -233,6 +271,22 @@ def cpu_notes(params: Params) -> list[str]:
             "in float32 on such a CPU (measure yours: benchmarks/cpu_dtype.py; the default run in float32: "
             "PROFILE=default_fp32). `dtype: auto` picks float32 on such a CPU; its answers differ from a bf16 run's "
             "by rounding, so committed metrics are not repeated to the digit."]
+
+
+def pin_notes(params: Params) -> list[str]:
+    """Advice that does not stop a run: hub models and datasets read at no pinned revision, whose files can
+    change under a rerun (pin them with `revision:`; the hub page's commit list gives the ids)."""
+    from .models import EMBEDDED_PREFIX
+    from .prompts import HUB_SOURCES
+
+    models = [key for key, spec in model_specs(params).items() if not spec.revision
+              and not spec.name.startswith(EMBEDDED_PREFIX) and not Path(spec.name).expanduser().exists()]
+    data = [f"prompts.{name} ({HUB_SOURCES[spec.name].path})" for name, spec in params.prompts.items()
+            if spec.source == "hub" and not spec.revision and not spec.local_path and spec.name in HUB_SOURCES]
+    if not models and not data:
+        return []
+    return [f"no revision pinned for {', '.join(models + data)}: a rerun may read other files than this one; "
+            "set `revision:` to a commit of each repository (every row records what it read)"]
 
 
 def report(profile: str | Path, problems: list[Problem]) -> str:

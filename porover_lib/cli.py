@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .notebook import quiet_libraries
+
+    quiet_libraries()  # before torch, transformers and bitsandbytes load: their import chatter is not the user's first line
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
@@ -247,13 +250,14 @@ def _add_check_command(commands) -> None:
 
 
 def _run_check(args) -> int:
-    from .checks import check_profile, cpu_notes, profile_path, report
+    from .checks import check_profile, cpu_notes, pin_notes, profile_path, report
     from .config import load_params
 
     problems = check_profile(args.profile)
     print(report(args.profile, problems), file=sys.stderr if problems else sys.stdout)
     if not problems:  # advice, on stderr, so that stdout stays the one-line verdict
-        for note in cpu_notes(load_params(profile_path(args.profile))):
+        params = load_params(profile_path(args.profile))
+        for note in cpu_notes(params) + pin_notes(params):
             print(f"note: {note}", file=sys.stderr)
     return 1 if problems else 0
 

@@ -78,11 +78,16 @@ class PromptSetParams(Strict):
     # source hub: a local copy of the dataset repository (`huggingface-cli download --repo-type dataset
     # <repo> --local-dir <dir>`), read by `datasets` as the hub copy is; for offline machines and tests
     local_path: str | None = None
+    revision: str | None = None  # source hub: a commit of the dataset repository, for a reproducible run
+    # evaluation sets whose prompts this (training) set must not hold: exact and near duplicates
+    # (porover_lib/overlap.py) are dropped before `limit`, and stage 01 reports how many
+    drop_overlap_with: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _local_path_is_for_hub(self) -> PromptSetParams:
-        if self.local_path is not None and self.source != "hub":
-            raise ValueError(f"'local_path' is for source 'hub' (a local copy of a hub dataset), not {self.source!r}")
+        for key in ("local_path", "revision"):
+            if getattr(self, key) is not None and self.source != "hub":
+                raise ValueError(f"{key!r} is for source 'hub' (a hub dataset), not {self.source!r}")
         return self
 
 
@@ -107,6 +112,13 @@ class BackendParams(Strict):
     max_concurrency: int = Field(default=8, ge=1, le=512)
     timeout: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=6, ge=0, le=50)
+    # openai: the server continues an unfinished assistant turn (the completion attack) when asked with vLLM's
+    # `continue_final_message`; OpenAI's own API cannot, so it stays off unless the server is vLLM (or alike)
+    continue_final_message: bool = False
+    # vllm (offline engine): the context its KV cache is sized for (Llama-3.1's 131k does not fit a 24 GB card)
+    # and the share of GPU memory it may take; None: vLLM's defaults
+    max_model_len: int | None = Field(default=None, ge=16)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _openai_needs_model(self) -> BackendParams:
@@ -122,6 +134,25 @@ class OvergenerateParams(Strict):
     # references and the model's own (often unsafe) answers, which DeRTa trains against
     sets: dict[str, str | list[str]] = Field(default_factory=dict)
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=4, temperature=0.8, top_p=0.95))
+    # per set, keys of `sampling` that differ, e.g. {toxic_train: {n: 2, max_new_tokens: 64}}: fewer, shorter
+    # samples where a stage reads only one answer's opening
+    set_sampling: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def sampling_for(self, set_name: str) -> SamplingParams:
+        """The sampling of one set: `sampling` with the set's `set_sampling` keys."""
+        return SamplingParams.model_validate({**self.sampling.model_dump(), **self.set_sampling.get(set_name, {})})
+
+    @model_validator(mode="after")
+    def _set_sampling_valid(self) -> OvergenerateParams:
+        for name in self.set_sampling:
+            if name not in self.sets:
+                raise ValueError(f"overgenerate.set_sampling.{name}: not a set of overgenerate.sets ({sorted(self.sets)})")
+            try:
+                self.sampling_for(name)
+            except ValidationError as err:
+                raise ValueError(f"overgenerate.set_sampling.{name}: " + "; ".join(
+                    _describe(e) for e in err.errors(include_url=False))) from None
+        return self
 
 
 BATCHED_JUDGES = ("llama_guard", "hf_reward_model", "heuristic")  # judges that run a local model in batches
@@ -178,7 +209,7 @@ class LoraParams(Strict):
 class DertaParams(Strict):
     """DeRTa (Yuan et al. 2024): harmful-prefix MLE and Reinforced Transition Optimisation."""
 
-    no_prefix_share: float = Field(default=0.5, ge=0.0, le=1.0)  # harmful examples kept without a prefix
+    no_prefix_share: float = Field(default=1 / 3, ge=0.0, le=1.0)  # harmful examples without a prefix (paper's code: 1/3)
     rto_share: float = Field(default=1.0, ge=0.0)  # RTO examples per harmful example with a harmful response
     # RTO labels per example: None = every position of the harmful response (the paper); k = k positions drawn
     # at random, so RTO's single target does not outweigh what follows a refusal's first token
@@ -203,6 +234,9 @@ class SFTParams(Strict):
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     gradient_checkpointing: bool = False
     save_steps: int = Field(default=50, ge=1)  # Trainer checkpoint interval: an interrupted run resumes from it
+    # loss on each answer's first k tokens only, with no end of turn after them (porover_lib/openings.py): the
+    # refuse/answer decision carries the loss. None: whole answers and their end of turn
+    opening_tokens: int | None = Field(default=None, ge=1)
     # any other SFTConfig field under TRL's own name, e.g. {train_sampling_strategy: group_by_length}
     trl: dict[str, Any] = Field(default_factory=dict)
     # further adapters trained from the same data, each overriding keys of this block, e.g.
@@ -292,6 +326,9 @@ class POParams(Strict):
     save_steps: int = Field(default=50, ge=1)  # Trainer checkpoint interval: an interrupted run resumes from it
     # one reference pass over the pairs before training instead of one per step (same numbers, ~1/3 less work)
     precompute_ref_log_probs: bool = True
+    # chosen and rejected cut to their first k tokens, with no end of turn (porover_lib/openings.py): the
+    # preference falls on the refuse/answer decision. None: whole answers, as TRL builds them
+    opening_tokens: int | None = Field(default=None, ge=1)
     # any other DPOConfig field under TRL's own name, e.g. {rpo_alpha: 1.0}
     trl: dict[str, Any] = Field(default_factory=dict)
 
@@ -311,6 +348,15 @@ class AttackParams(Strict):
     prefix_words: int = Field(default=12, ge=1, le=200)
 
 
+class ProbeParams(Strict):
+    """Stage 06's probe (probe.py): a logistic regression per layer on each checkpoint's hidden states at the
+    last prompt token, fitted on training prompts, scored on held-out ones (harmful against seemingly-toxic)."""
+
+    fit: list[str]  # prompt sets to fit on (their harmful and seemingly-toxic prompts), e.g. the training sets
+    test: list[str]  # prompt sets to score on, e.g. the evaluation sets
+    max_prompts: int | None = Field(default=None, ge=2)  # per set (round robin over categories); None: all
+
+
 class EvaluateParams(Strict):
     """Stage 06: responses per (checkpoint, prompt set), judged, with bootstrap CIs."""
 
@@ -319,6 +365,7 @@ class EvaluateParams(Strict):
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=1, temperature=0.0))
     n_boot: int = Field(default=1000, ge=10)
     attack: AttackParams | None = None
+    probe: ProbeParams | None = None
 
 
 class Params(Strict):
@@ -328,6 +375,10 @@ class Params(Strict):
     description: str = ""
     seed: int = 0
     student: ModelParams = Field(default_factory=ModelParams)
+    # the student's checkpoints served by an OpenAI-compatible server (`vllm serve <student> --enable-lora
+    # --lora-modules sft=checkpoints/sft po=checkpoints/po/po ...`): stages 04 and 06 sample through it, the
+    # base as `api_model`, every adapter under its checkpoint name. None: transformers in this process
+    student_server: BackendParams | None = None
     prompts: dict[str, PromptSetParams] = Field(default_factory=dict)
     teachers: dict[str, BackendParams] = Field(default_factory=dict)
     overgenerate: OvergenerateParams = Field(default_factory=OvergenerateParams)
@@ -345,6 +396,13 @@ class Params(Strict):
             if spec.source == "file" and spec.role is None and "label" not in spec.columns:
                 raise ValueError(f"prompt set {name!r} from a file needs 'role' (one of {list(ROLES)}) "
                                  "or a 'label' column to derive it from")
+            for other in spec.drop_overlap_with:
+                if other not in prompts or other == name:
+                    raise ValueError(f"prompts.{name}.drop_overlap_with: {other!r} is not another prompt set; "
+                                     f"defined: {sorted(prompts)}")
+                if prompts[other].drop_overlap_with:
+                    raise ValueError(f"prompts.{name}.drop_overlap_with: {other!r} drops overlaps itself; name "
+                                     "evaluation sets here, which drop nothing")
         return prompts
 
     @model_validator(mode="after")
@@ -373,6 +431,9 @@ class Params(Strict):
             need("prompt set", set_name, "evaluate.sets", self.prompts)
         for judge in (self.judges.refusal, self.judges.safety, self.judges.reward):
             need("teacher", judge.backend, f"judges.{judge.name}.backend", self.teachers)
+        if self.student_server is not None and self.student_server.kind != "openai":
+            raise ValueError(f"student_server: kind {self.student_server.kind!r}; a served student is reached "
+                             "through kind 'openai' (vLLM, or any OpenAI-compatible server)")
         adapters = {"sft": None, **self.sft.variants}
         for name, variant in self.po.variants.items():
             need("SFT adapter", variant.start, f"po.variants.{name}.start", adapters)
@@ -383,6 +444,9 @@ class Params(Strict):
             raise ValueError("po.variants: 'base' and 'sft' are checkpoint names of their own; rename the variant")
         for name in self.evaluate.checkpoints:
             need("checkpoint", name, "evaluate.checkpoints", self.checkpoint_starts())
+        if self.evaluate.probe is not None:
+            for set_name in self.evaluate.probe.fit + self.evaluate.probe.test:
+                need("prompt set", set_name, "evaluate.probe", self.prompts)
         if self.evaluate.attack is not None:
             need("prompt set", self.evaluate.attack.set, "evaluate.attack.set", dict.fromkeys(self.evaluate.sets))
             if "base" not in self.evaluate.checkpoints:

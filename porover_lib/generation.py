@@ -85,11 +85,13 @@ class HFBackend(ChatBackend):
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, model_name: str | None = None, revision: str | None = None):
+    def __init__(self, model, tokenizer, model_name: str | None = None, revision: str | None = None,
+                 adapter: str | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_name = model_name or model.name_or_path or type(model).__name__
         self.revision = revision
+        self.adapter = adapter  # fingerprint of the LoRA adapter merged in (stages.checkpoint_backend), or None
         self.eos_ids = stop_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
@@ -172,6 +174,15 @@ class HFBackend(ChatBackend):
         return completions
 
 
+def backend_model_name(params: BackendParams) -> str:
+    """The `model` a backend of these params writes into its rows, known without loading anything."""
+    if params.kind == "openai":
+        return params.api_model
+    if params.kind == "reference":
+        return ReferenceBackend.model_name
+    return params.model.name
+
+
 def make_backend(params: BackendParams, model=None, tokenizer=None) -> Backend:
     """The backend `params` describe; `model`/`tokenizer` inject an already-loaded pair (hf only)."""
     if params.kind == "hf":
@@ -184,9 +195,11 @@ def make_backend(params: BackendParams, model=None, tokenizer=None) -> Backend:
         raise ValueError(f"backend kind {params.kind!r} takes no model/tokenizer (only 'hf' does)")
     if params.kind == "openai":
         return OpenAIBackend(params.base_url, params.api_model, params.api_key_env, params.max_concurrency,
-                             params.timeout, params.max_retries, revision=params.model.revision)
+                             params.timeout, params.max_retries, revision=params.model.revision,
+                             continue_final_message=params.continue_final_message)
     if params.kind == "vllm":
-        return VLLMBackend(params.model)
+        return VLLMBackend(params.model, max_model_len=params.max_model_len,
+                           gpu_memory_utilization=params.gpu_memory_utilization)
     if params.kind == "reference":
         return ReferenceBackend()
     raise ValueError(f"unknown backend kind {params.kind!r}; expected hf, openai, vllm or reference")
@@ -194,9 +207,10 @@ def make_backend(params: BackendParams, model=None, tokenizer=None) -> Backend:
 
 # ---------------------------------------------------------------------------------- overgeneration
 
-ROW_FIELDS = ("prompt_id", "prompt", "role", "category", "label", "source", "sample_index", "completion",
-              "finish_reason", "prompt_tokens", "completion_tokens", "backend", "model", "revision", "seed",
-              "temperature", "top_p", "max_new_tokens", "system_prompt")
+ROW_FIELDS = ("prompt_id", "prompt", "role", "category", "label", "source", "pair_id", "sample_index", "completion",
+              "finish_reason", "error", "prompt_tokens", "completion_tokens", "api_model", "system_fingerprint",
+              "backend", "model", "revision", "adapter", "seed", "temperature", "top_p", "max_new_tokens",
+              "system_prompt")
 
 
 def _rows_of_this_run(path: Path, provenance: dict) -> list[dict]:
@@ -238,7 +252,8 @@ def overgenerate(records: Sequence, backend: Backend, sampling: SamplingParams, 
     if clash:
         raise GenerationError(f"overgenerate -> {out_path}: extra fields {clash} would overwrite row fields")
     provenance = json.loads(json.dumps(dict(
-        backend=backend.name, model=backend.model_name, revision=backend.revision, seed=seed,
+        backend=backend.name, model=backend.model_name, revision=backend.revision,
+        adapter=getattr(backend, "adapter", None), seed=seed,
         temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
         system_prompt=sampling.system_prompt, **extra)))
 
@@ -279,9 +294,10 @@ def overgenerate(records: Sequence, backend: Backend, sampling: SamplingParams, 
                         continue
                     new.append(dict(
                         prompt_id=record.id, prompt=record.prompt, role=record.role, category=record.category,
-                        label=record.label, source=record.source, sample_index=index, completion=c.text,
-                        finish_reason=c.finish_reason, prompt_tokens=c.prompt_tokens,
-                        completion_tokens=c.completion_tokens, **provenance))
+                        label=record.label, source=record.source, pair_id=getattr(record, "pair_id", ""),
+                        sample_index=index, completion=c.text, finish_reason=c.finish_reason, error=c.error,
+                        prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                        api_model=c.api_model, system_fingerprint=c.system_fingerprint, **provenance))
                     tokens += c.completion_tokens or 0
             append_jsonl(out_path, new)
             rows += new

@@ -116,7 +116,9 @@ def pick_dtype(spec: ModelParams) -> torch.dtype | str:
 
 
 def quantization_config(spec: ModelParams):
-    """QLoRA's 4-bit nf4 with double quantisation and bf16 compute, or None."""
+    """QLoRA's 4-bit nf4 with double quantisation and bf16 compute, or None. The packed 4-bit weights are
+    stored as bf16 (`bnb_4bit_quant_storage`), the dtype of the rest of the model: FSDP can only shard a model
+    whose parameters share one dtype (FSDP-QLoRA); on one GPU it changes nothing but the storage type."""
     if not spec.load_in_4bit:
         return None
     from transformers import BitsAndBytesConfig
@@ -126,7 +128,29 @@ def quantization_config(spec: ModelParams):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,
     )
+
+
+def device_map(spec: ModelParams) -> dict[str, str]:
+    """Where a quantised model loads: this process's own GPU under `accelerate launch` / torchrun (LOCAL_RANK),
+    so that every rank of a multi-GPU run holds its copy on its device, not all of them on cuda:0."""
+    device = pick_device(spec)
+    if device == "cuda" and os.environ.get("LOCAL_RANK") is not None:
+        return {"": f"cuda:{int(os.environ['LOCAL_RANK'])}"}
+    return {"": device}
+
+
+def load_kwargs(spec: ModelParams) -> dict:
+    """`from_pretrained` arguments for a model spec (dtype, attention, 4-bit quantisation and placement)."""
+    kwargs = dict(_hub_kwargs(spec), dtype=pick_dtype(spec))
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    quant = quantization_config(spec)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device_map(spec)
+    return kwargs
 
 
 def _hub_kwargs(spec: ModelParams) -> dict:
@@ -154,14 +178,8 @@ def load_model(spec: ModelParams | str, model_class=None):
 
     spec = _as_params(spec)
     model_class = model_class or AutoModelForCausalLM
-    quant = quantization_config(spec)
-    kwargs = dict(_hub_kwargs(spec), dtype=pick_dtype(spec))
-    if spec.attn_implementation:
-        kwargs["attn_implementation"] = spec.attn_implementation
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": pick_device(spec)}
+    kwargs = load_kwargs(spec)
     model = model_class.from_pretrained(resolve_path(spec), **kwargs)
-    if quant is None:
-        model = model.to(pick_device(spec))
+    if "device_map" not in kwargs:
+        model = model.to(device_map(spec)[""])
     return model

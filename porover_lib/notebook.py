@@ -17,6 +17,12 @@ from .config import Params, load_params
 
 def quiet() -> None:
     """Library chatter to the terminal, known-harmless warnings off. Call before torch or transformers load."""
+    quiet_libraries()
+    sys.stderr = _terminal()
+
+
+def quiet_libraries() -> None:
+    """Known-harmless warnings and import-time log lines off (the notebooks and the `porover` command)."""
     # tqdm.auto wants ipywidgets in a kernel and warns without them; its plain bars are what we want.
     warnings.filterwarnings("ignore", message="IProgress not found")
     # peft (0.21) still reads transformers' deprecated `is_gradient_checkpointing`; not our call to change.
@@ -24,7 +30,6 @@ def quiet() -> None:
     # bitsandbytes tries an optional hub kernel for 4-bit CPU matmuls on import and logs when it is absent;
     # we never install it (no downloads at run time) and its built-in CPU path is used instead.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    sys.stderr = _terminal()
 
 
 def _terminal():

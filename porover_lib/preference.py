@@ -76,6 +76,7 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
                 safety_rejected: str = "student", harmful_strategy: str = "best_of_n") -> tuple[list[dict], dict]:
     """(pairs in TRL's conversational format, report). Both inputs are judged rows. A safety pair's
     chosen answer is picked as stage 02 picks harmful prompts' SFT answers (`harmful_strategy`)."""
+    student_rows = [r for r in student_rows if not r.get("error")]  # a request a server refused is no sample
     _check(student_rows, tau)
     if safety_rejected not in ("student", "student_or_teacher"):
         raise PreferenceDataError(f"preference.safety_rejected = {safety_rejected!r}; "
@@ -92,7 +93,7 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
         if first["role"] in BENIGN_ROLES:
             if rates[pid] < tau or not refusals:
                 continue
-            chosen = [r for r in teacher.get(pid, []) if r["refusal_label"] == "compliance"
+            chosen = [r for r in teacher.get(pid, []) if r["refusal_label"] == "compliance" and not r.get("error")
                       and r["safety_label"] == "safe"]
             if not chosen:
                 dropped["over_refusal: no compliant safe teacher completion"] += 1
@@ -109,7 +110,7 @@ def build_pairs(student_rows: list[dict], teacher_rows: list[dict], tau: float,
                 eligible_safety.append((pid, first, unsafe))
     keep = round(safety_pair_share * len(eligible_safety))
     for pid, first, unsafe in rng.sample(eligible_safety, keep):
-        chosen = [r for r in teacher.get(pid, []) if r["safety_label"] == "safe"]
+        chosen = [r for r in teacher.get(pid, []) if r["safety_label"] == "safe" and not r.get("error")]
         if not chosen:
             dropped["safety: no safe teacher completion"] += 1
             continue

@@ -24,7 +24,7 @@ EMBEDDED_SETS = {  # name -> role; label follows from the role
     "harmful": "harmful",
     "seemingly_toxic": "seemingly_toxic",
 }
-FIELDS = ("id", "prompt", "category", "label", "split")
+FIELDS = ("id", "prompt", "category", "label", "split", "pair_id")
 EVAL_SHARE = 0.3  # held-out share for sources that carry no split of their own
 VAL_SHARE = 0.15  # share of the training prompts kept back for tuning (split "val"), never trained on
 
@@ -40,6 +40,8 @@ class PromptRecord:
     role: str  # "general" | "harmful" | "seemingly_toxic": what the pipeline does with it
     references: list[str] = field(default_factory=list)  # team-written safe responses (embedded harmful)
     prefill: str = ""  # the start of the assistant's answer, which the model continues (completion attack)
+    # twin link of the embedded sets: a harmful prompt and a benign one sharing their alarming words and topic
+    pair_id: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,11 +93,12 @@ def _split_of(prompt_id: str) -> str:
 
 
 def _carve_validation(record: PromptRecord) -> PromptRecord:
-    """Training prompts whose id hashes into the validation share become split "val": the prompts
-    the recipe is tuned on, so the held-out eval sets stay untouched until the final comparison."""
+    """Training prompts whose id (a twin's pair id, so both twins go together) hashes into the validation
+    share become split "val": the prompts the recipe is tuned on, so the held-out eval sets stay untouched
+    until the final comparison."""
     if record.split != "train":
         return record
-    bucket = int(hashlib.sha1(f"val:{record.id}".encode()).hexdigest()[:8], 16) % 1000
+    bucket = int(hashlib.sha1(f"val:{record.pair_id or record.id}".encode()).hexdigest()[:8], 16) % 1000
     return replace(record, split="val") if bucket < VAL_SHARE * 1000 else record
 
 
@@ -146,7 +149,8 @@ def normalise(rows: Iterable[dict], source: str, where: str, columns: dict[str, 
         split = str(row[columns["split"]]) if "split" in columns else _split_of(pid)
         category = str(row[columns["category"]]) if "category" in columns else "none"
         refs = list(row.get(references_column) or []) if references_column else []
-        records.append(PromptRecord(pid, str(text).strip(), source, category, rlabel, split, rrole, refs))
+        pair = str(row.get(columns["pair_id"]) or "") if "pair_id" in columns else ""
+        records.append(PromptRecord(pid, str(text).strip(), source, category, rlabel, split, rrole, refs, pair_id=pair))
     return records
 
 
@@ -178,6 +182,8 @@ def load_embedded(name: str) -> list[PromptRecord]:
         raise PromptSourceError(f"unknown embedded prompt set {name!r}; known: {sorted(EMBEDDED_SETS)}")
     path = EMBEDDED_DIR / f"{name}.jsonl"
     columns = {"id": "id", "prompt": "prompt", "category": "category", "split": "split"}
+    if name != "general":  # harmful and seemingly-toxic prompts come in twin pairs
+        columns["pair_id"] = "pair_id"
     return normalise(read_table(path), "embedded", str(path), columns, role=EMBEDDED_SETS[name],
                      references_column="references")
 
@@ -188,21 +194,26 @@ def load_file(path: str | Path, columns: dict[str, str] | None = None, role: str
 
 
 def load_hub(name: str, revision: str | None = None, local_path: str | None = None) -> list[PromptRecord]:
-    """Load a benchmark from the hub through `datasets`, or from `local_path`, a local copy of its
-    repository read the same way (the ids and provenance stay the hub's)."""
+    """Load a benchmark from the hub through `datasets` (at `revision`, a commit of the dataset repository),
+    or from `local_path`, a local copy of its repository read the same way (the ids stay the hub's).
+    Each record's `source` names the repository and the revision it was read at."""
     if name not in HUB_SOURCES:
         raise PromptSourceError(f"unknown hub prompt set {name!r}; known: {sorted(HUB_SOURCES)}")
     import datasets
 
     src = HUB_SOURCES[name]
+    # a local copy is read afresh: `datasets` keys its cache of a folder by the files' names, so an edited copy
+    # would otherwise be served from the rows of the copy it first read
+    fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if local_path else {}
     if src.data_file:
         root = local_path or f"hf://datasets/{src.path}@{revision or 'main'}"
         data = datasets.load_dataset(Path(src.data_file).suffix.lstrip("."), data_files=f"{root}/{src.data_file}",
-                                     split=src.split)
+                                     split=src.split, **fresh)
     else:
         data = datasets.load_dataset(local_path or src.path, src.config, split=src.split,
-                                     revision=None if local_path else revision)
-    return normalise(data, f"hub:{src.path}", f"{src.path}[{src.config or ''}:{src.split}]",
+                                     revision=None if local_path else revision, **fresh)
+    at = "local copy" if local_path else revision or "unpinned"
+    return normalise(data, f"hub:{src.path}@{at}", f"{src.path}[{src.config or ''}:{src.split}]",
                      src.columns, src.role, src.label, src.template)
 
 
@@ -218,18 +229,31 @@ def possible_roles(spec: PromptSetParams) -> set[str]:
     return {role} if role else set(LABEL_ROLES.values())
 
 
-def load_prompt_set(spec: PromptSetParams) -> list[PromptRecord]:
-    """The records a params entry describes, filtered by split and capped by `limit`."""
+def load_prompt_set(spec: PromptSetParams, exclude: Iterable[str] = (),
+                    dropped: list[PromptRecord] | None = None) -> list[PromptRecord]:
+    """The records a params entry describes, filtered by split, without the prompts that overlap one of
+    `exclude` (texts of evaluation sets, `overlap.py`; those go to `dropped` when given), capped by `limit`."""
     if spec.source == "embedded":
         records = load_embedded(spec.name)
     elif spec.source == "hub":
-        records = load_hub(spec.name, local_path=spec.local_path)
+        records = load_hub(spec.name, revision=spec.revision, local_path=spec.local_path)
     else:
         records = load_file(spec.name, spec.columns, spec.role, spec.label)
     records = [_carve_validation(r) for r in records]
     if spec.split != "all":
         records = [r for r in records if r.split == spec.split]
-    if spec.limit is not None:
+    exclude = list(exclude)
+    if exclude and records:
+        from .overlap import overlapping
+
+        leak = {i for i, _, _ in overlapping([r.prompt for r in records], exclude)}
+        if dropped is not None:
+            dropped.extend(records[i] for i in sorted(leak))
+        if len(leak) == len(records):
+            raise PromptSourceError(f"prompt set {spec.name!r} ({spec.source}, split {spec.split!r}): all its "
+                                    f"{len(records)} prompts are also in the evaluation sets of drop_overlap_with")
+        records = [r for i, r in enumerate(records) if i not in leak]
+    if spec.limit is not None and records:
         records = _round_robin(records, spec.limit)
     if not records:
         raise PromptSourceError(f"prompt set {spec.name!r} ({spec.source}, split {spec.split!r}) has no prompts")
@@ -237,17 +261,37 @@ def load_prompt_set(spec: PromptSetParams) -> list[PromptRecord]:
 
 
 def _round_robin(records: list[PromptRecord], limit: int) -> list[PromptRecord]:
-    """The first `limit` records taken across categories in turn, so a small cap keeps every category."""
+    """The first `limit` records taken across categories in turn, so a small cap keeps every category;
+    twins in pair order, so capped harmful and seemingly-toxic sets hold the same pairs."""
     by_category: dict[str, list[PromptRecord]] = {}
     for record in records:
         by_category.setdefault(record.category, []).append(record)
-    queues = list(by_category.values())
+    queues = [sorted(q, key=lambda r: r.pair_id) if all(r.pair_id for r in q) else q for q in by_category.values()]
     picked: list[PromptRecord] = []
     for depth in range(max(len(q) for q in queues)):
         picked.extend(q[depth] for q in queues if depth < len(q))
     return picked[:limit]
 
 
-def load_sets(params, names: Iterable[str]) -> dict[str, list[PromptRecord]]:
-    """Load the named prompt sets of a profile."""
-    return {name: load_prompt_set(params.prompts[name]) for name in names}
+def load_sets(params, names: Iterable[str], dropped: dict[str, dict[str, int]] | None = None
+              ) -> dict[str, list[PromptRecord]]:
+    """Load the named prompt sets of a profile. A set's `drop_overlap_with` names evaluation sets whose
+    prompts it must not hold: those are dropped before its `limit`, and `dropped` (when given) records
+    how many per evaluation set, {set: {evaluation set: count}}."""
+    loaded: dict[str, list[PromptRecord]] = {}
+
+    def get(name: str) -> list[PromptRecord]:
+        if name not in loaded:
+            spec = params.prompts[name]
+            texts = [r.prompt for other in spec.drop_overlap_with for r in get(other)]
+            gone: list[PromptRecord] = []
+            loaded[name] = load_prompt_set(spec, texts, gone)
+            if spec.drop_overlap_with and dropped is not None:
+                from .overlap import overlapping
+
+                gone_texts = [r.prompt for r in gone]
+                dropped[name] = {other: len(overlapping(gone_texts, [r.prompt for r in get(other)]))
+                                 for other in spec.drop_overlap_with}
+        return loaded[name]
+
+    return {name: get(name) for name in names}

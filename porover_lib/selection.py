@@ -17,7 +17,7 @@ STRATEGIES = ("best_of_n", "random", "first", "longest")
 
 
 def acceptable(row: dict) -> bool:
-    if row["safety_label"] != "safe":
+    if row.get("error") or row["safety_label"] != "safe":  # an API error row is no answer at all
         return False
     return row["role"] == "harmful" or row["refusal_label"] == "compliance"
 
@@ -105,7 +105,8 @@ def select(rows: list[dict], strategy: str = "best_of_n", seed: int = 0, min_rew
             first = candidates[0]
             dropped.append({"prompt_id": prompt_id, "role": first["role"], "prompt": first["prompt"],
                             "candidates": len(candidates),
-                            "why": Counter("unsafe" if r["safety_label"] != "safe" else
+                            "why": Counter("api error" if r.get("error") else
+                                           "unsafe" if r["safety_label"] != "safe" else
                                            "refusal" if r["refusal_label"] != "compliance" else
                                            "low reward" for r in candidates).most_common(1)[0][0],
                             "example": first["completion"]})
@@ -149,5 +150,6 @@ def yield_report(rows: list[dict], kept: list[dict], dropped: list[dict]) -> dic
                         "answers": answers[role],
                         "dropped": dict(drops),
                         "completions": sum(1 for r in rows if r["role"] == role),
+                        "api_errors": sum(1 for r in rows if r["role"] == role and r.get("error")),
                         "acceptable_completions": sum(1 for r in rows if r["role"] == role and acceptable(r))}
     return report

@@ -16,18 +16,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ModelParams, Params
-from .generation import make_backend, overgenerate
+from .config import BackendParams, ModelParams, Params
+from .generation import backend_model_name, make_backend, overgenerate
 from .io import read_jsonl
 from .prompts import PromptRecord, load_sets
 
 JUDGE_KINDS = ("refusal", "safety", "reward")
 
 
-def free_memory() -> None:
-    """Return a dropped model's memory now, before the next one loads (CUDA caches freed blocks)."""
+def free_memory(backend=None) -> None:
+    """Return a dropped model's memory now, before the next one loads (CUDA caches freed blocks); a
+    backend that holds an engine of its own (vLLM) is closed first."""
     import torch
 
+    if backend is not None and callable(getattr(backend, "close", None)):
+        backend.close()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -43,28 +46,69 @@ def generate_rows(records: list[PromptRecord], backend, sampling, out_path: str 
 
 # ------------------------------------------------------------------------------------ 01 overgenerate
 
-def overgenerate_sets(params: Params, out_dir: str | Path) -> pd.DataFrame:
-    """Every configured set, every teacher of that set, N completions per prompt; one teacher loaded at a time."""
-    sets = load_sets(params, params.overgenerate.sets)
+def overgen_path(out_dir: str | Path, set_name: str, teacher: str) -> Path:
+    return Path(out_dir) / f"{set_name}__{teacher}.jsonl"
+
+
+def overgenerate_sets(params: Params, out_dir: str | Path, dropped: dict | None = None) -> pd.DataFrame:
+    """Every configured set, every teacher of that set, N completions per prompt; one teacher loaded at a time.
+    `dropped` receives, per set, how many prompts overlapping an evaluation set were left out (load_sets)."""
+    sets = load_sets(params, params.overgenerate.sets, dropped)
     frames = {}
     for teacher in dict.fromkeys(t for s in sets for t in params.overgen_teachers(s)):
         backend = make_backend(params.teacher(teacher))
         for set_name in (s for s in sets if teacher in params.overgen_teachers(s)):
-            path = Path(out_dir) / f"{set_name}__{teacher}.jsonl"
-            frames[set_name, teacher] = generate_rows(sets[set_name], backend, params.overgenerate.sampling, path,
-                                                      params.seed, extra={"set": set_name, "teacher": teacher})
+            frames[set_name, teacher] = generate_rows(sets[set_name], backend, params.overgenerate.sampling_for(set_name),
+                                                      overgen_path(out_dir, set_name, teacher), params.seed,
+                                                      extra={"set": set_name, "teacher": teacher})
+        free_memory(backend)
         del backend
-        free_memory()
     return pd.concat([frames[s, t] for s in sets for t in params.overgen_teachers(s)], ignore_index=True)
 
 
-def generation_summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per set and teacher: prompts, completions, mean length in tokens, share cut off by max_new_tokens."""
-    return (rows.groupby(["set", "teacher", "backend"], sort=False)
-            .agg(prompts=("prompt_id", "nunique"), completions=("completion", "size"),
-                 **{"mean length (tokens)": ("completion_tokens", "mean"),
-                    "share truncated": ("finish_reason", lambda s: float((s == "length").mean()))})
-            .reset_index())
+def overgenerated_rows(params: Params, out_dir: str | Path) -> pd.DataFrame:
+    """Stage 01's rows of this profile only: the files its sets and teachers write, the rows of its prompts and
+    sampling settings. Another profile's files in the same folder (`make reproduce`, then `PROFILE=paper`) and
+    rows of prompts or settings this profile no longer has are never read; a missing or incomplete file says
+    which stage to run."""
+    sets = load_sets(params, params.overgenerate.sets)
+    frames = []
+    for set_name, records_ in sets.items():
+        sampling = params.overgenerate.sampling_for(set_name)
+        want = {"seed": params.seed, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "max_new_tokens": sampling.max_new_tokens, "system_prompt": sampling.system_prompt}
+        ids = {r.id for r in records_}
+        for teacher in params.overgen_teachers(set_name):
+            path = overgen_path(out_dir, set_name, teacher)
+            model = backend_model_name(params.teacher(teacher))
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: not found; run stage 01 (dvc repro overgenerate) for this profile")
+            rows = [r for r in read_jsonl(path) if r["prompt_id"] in ids and r["sample_index"] < sampling.n
+                    and r.get("set") == set_name and r.get("teacher") == teacher and r.get("model") == model
+                    and all(r.get(k) == v for k, v in want.items())]
+            have = {(r["prompt_id"], r["sample_index"]) for r in rows}
+            if len(have) < len(ids) * sampling.n:
+                raise ValueError(f"{path}: {len(have)} of the {len(ids) * sampling.n} rows this profile needs "
+                                 f"({len(ids)} prompts x n {sampling.n}, seed and sampling as in the profile); run "
+                                 "stage 01 (dvc repro overgenerate) for this profile")
+            frames.append(pd.DataFrame(rows))
+    return pd.concat(frames, ignore_index=True)
+
+
+def generation_summary(rows: pd.DataFrame, dropped: dict[str, dict[str, int]] | None = None) -> pd.DataFrame:
+    """Per set and teacher: prompts, completions, mean length in tokens, share cut off by max_new_tokens,
+    rows an API refused for good (`error`), and training prompts left out as an evaluation set holds them."""
+    errors = rows["error"].notna() if "error" in rows else pd.Series(False, index=rows.index)
+    out = (rows.assign(api_error=errors).groupby(["set", "teacher", "backend"], sort=False)
+           .agg(prompts=("prompt_id", "nunique"), completions=("completion", "size"),
+                **{"mean length (tokens)": ("completion_tokens", "mean"),
+                   "share truncated": ("finish_reason", lambda s: float((s == "length").mean())),
+                   "API errors": ("api_error", "sum")})
+           .reset_index())
+    if dropped:
+        out["left out (in an eval set)"] = out["set"].map(
+            {s: ", ".join(f"{n} in {e}" for e, n in by.items() if n) or "none" for s, by in dropped.items()}).fillna("")
+    return out
 
 
 # ------------------------------------------------------------------------------------ 02 select (judging)
@@ -90,8 +134,29 @@ def build_judge(params: Params, kind: str, refusal_judge=None):
     return make_judge(kind, spec.name, **opts)
 
 
+def judge_setting(params: Params, kind: str) -> dict:
+    """Everything a verdict of this kind depends on: the judge's params, the models and backend it reads,
+    the inner refusal judge of refusal_proxy, and the judges' code. A change to any of them is a new setting,
+    so stored verdicts (verdicts.py) are never read back for another one."""
+    from . import judges
+
+    spec = getattr(params.judges, kind)
+    code = hashlib.sha256()
+    for f in sorted(Path(judges.__file__).parent.glob("*.py")):
+        code.update(f.read_bytes())
+    setting = {"kind": kind, "judge": spec.model_dump(mode="json"), "code": code.hexdigest()[:12]}
+    if spec.name == "heuristic":
+        setting["model"] = (spec.model or params.student).model_dump(mode="json")
+    if spec.backend:
+        setting["backend"] = params.teacher(spec.backend).model_dump(mode="json", exclude={"api_key_env"})
+    if kind == "safety" and spec.name == "refusal_proxy":
+        setting["inner"] = judge_setting(params, "refusal")
+    return setting
+
+
 def judge_rows(rows: pd.DataFrame, params: Params, response_column: str = "completion",
-               reward_roles: tuple[str, ...] | None = None) -> pd.DataFrame:
+               reward_roles: tuple[str, ...] | None = None, store: str | Path | None = None,
+               content_column: str | None = None) -> pd.DataFrame:
     """Every judge's label, score and reason on every row it applies to (its `roles`).
 
     Judges run one after another, each freed before the next loads: the paper profile's Llama Guard
@@ -100,34 +165,56 @@ def judge_rows(rows: pd.DataFrame, params: Params, response_column: str = "compl
     for the proxy, which would call every helpful answer unsafe) are `safe` and say why.
     `reward_roles` limits rewards to the rows a stage reads them on (None: every row); with no such
     row the reward judge is not loaded and `reward`, `reward_judge` stay empty.
+    `store`: a folder where verdicts are kept as they are made (verdicts.py); a rerun after a crash judges
+    only what is missing, and a judge whose every verdict is stored is not even loaded.
+    `content_column`: what a judge that reads content (Llama Guard) judges instead of `response_column`, e.g.
+    an attack's prefix and continuation together; refusal judges and the refusal proxy keep `response_column`.
     """
+    from tqdm.auto import tqdm
+
+    from .judges import judge_class
+    from .verdicts import VerdictStore, text_key
+
     out = rows.copy()
     prompts, responses = out["prompt"].tolist(), out[response_column].fillna("").tolist()
+    content = out[content_column].fillna("").tolist() if content_column else responses
     refusal = None
     for kind in JUDGE_KINDS:
+        spec = getattr(params.judges, kind)
         limited = kind == "reward" and reward_roles is not None
         if limited and not out["role"].isin(reward_roles).any():
             out["reward"], out["reward_judge"] = None, None
             continue
-        judge = build_judge(params, kind, refusal)
-        roles = reward_roles if limited else judge.roles
+        texts = content if kind == "safety" and spec.name != "refusal_proxy" else responses
+        roles = reward_roles if limited else judge_class(kind, spec.name).roles
         todo = np.arange(len(out)) if roles is None else np.flatnonzero(out["role"].isin(roles))
-        verdicts = judge.judge([prompts[i] for i in todo], [responses[i] for i in todo]) if len(todo) else []
+        keys = [text_key(prompts[i], texts[i]) for i in todo]
+        verdicts = VerdictStore(store, kind, judge_setting(params, kind))
+        missing = verdicts.missing(keys)
+        judge = None
+        if missing or not len(todo):
+            judge = build_judge(params, kind, refusal)
+            pairs = {k: (prompts[i], texts[i]) for k, i in zip(keys, todo)}
+            with tqdm(total=len(missing), desc=f"judge {kind}: {judge.name}", unit="row",
+                      disable=len(missing) < 2 * 256) as bar:
+                verdicts.judge_missing(judge, keys, pairs, bar.update)
+        name = judge.name if judge is not None else verdicts.verdicts[keys[0]]["judge"]
         labels = ["safe"] * len(out) if kind == "safety" else [None] * len(out)
         scores = [0.0] * len(out) if kind == "safety" else [None] * len(out)
-        reasons = [f"{judge.name} judges {', '.join(judge.roles or ())} prompts only"] * len(out)
-        names = [judge.name] * len(out)
-        for i, v in zip(todo, verdicts):
-            labels[i], scores[i], reasons[i], names[i] = v.label, v.score, v.reason, v.judge
+        reasons = [f"{name} judges {', '.join(roles or ())} prompts only"] * len(out)
+        names = [name] * len(out)
+        for i, k in zip(todo, keys):
+            v = verdicts.verdicts[k]
+            labels[i], scores[i], reasons[i], names[i] = v["label"], v["score"], v["reason"], v["judge"]
         if kind == "reward":
             out["reward"], out["reward_judge"] = scores, names
         else:
             out[f"{kind}_label"], out[f"{kind}_score"] = labels, scores
             out[f"{kind}_reason"], out[f"{kind}_judge"] = reasons, names
-        keep = kind == "refusal" and params.judges.safety.name == "refusal_proxy"
-        refusal = judge if keep else None
         del judge
         free_memory()
+        if kind == "refusal" and params.judges.safety.name == "refusal_proxy":
+            refusal = verdicts.as_judge("refusal", name)  # the proxy reads these verdicts, no second pass
     return out
 
 
@@ -141,12 +228,12 @@ def judge_names(judged: pd.DataFrame) -> dict[str, str]:
 def student_samples(params: Params, sets: dict[str, list[PromptRecord]], sft_dir: str | Path,
                     out_dir: str | Path) -> pd.DataFrame:
     """M completions per prompt from the SFT student; the student is freed before any judge loads."""
-    student = checkpoint_backend(params.student, Path(sft_dir), "sft")
+    student = checkpoint_backend(params.student, Path(sft_dir), "sft", params.student_server)
     frames = [generate_rows(records_, student, params.preference.sampling, Path(out_dir) / f"student__{name}.jsonl",
                             params.seed, extra={"set": name, "teacher": "student"})
               for name, records_ in sets.items()]
+    free_memory(student)
     del student
-    free_memory()
     return pd.concat(frames, ignore_index=True)
 
 
@@ -165,13 +252,13 @@ def teacher_completions(params: Params, sets: dict[str, list[PromptRecord]], jud
                          "overgenerated in stage 01 and preference.teacher is not set to write their chosen answers")
     if todo:
         teacher = make_backend(params.teacher(params.preference.teacher))
-        new = [generate_rows(records_, teacher, params.overgenerate.sampling,
+        new = [generate_rows(records_, teacher, params.overgenerate.sampling_for(name),
                              Path(out_dir) / f"teacher__{name}.jsonl", params.seed,
                              extra={"set": name, "teacher": params.preference.teacher})
                for name, records_ in todo.items()]
+        free_memory(teacher)
         del teacher
-        free_memory()
-        frames.append(judge_rows(pd.concat(new, ignore_index=True), params))
+        frames.append(judge_rows(pd.concat(new, ignore_index=True), params, store=Path(out_dir) / "verdicts"))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -188,15 +275,28 @@ def load_checkpoint(student: ModelParams, adapter_dir: Path | None):
     return load_trained(student, adapter_dir)
 
 
-def checkpoint_backend(student: ModelParams, adapter_dir: Path | None, name: str):
-    """A generation backend on a checkpoint, named `<student>+<checkpoint>` in every row it writes."""
+def checkpoint_backend(student: ModelParams, adapter_dir: Path | None, name: str,
+                       server: BackendParams | None = None):
+    """A generation backend on a checkpoint, named `<student>+<checkpoint>` in every row it writes, which also
+    record the adapter's fingerprint: rows a previous adapter wrote are set aside, never reused.
+
+    With `server` (params' `student_server`), the checkpoint is the served model of that name (the base:
+    the server's `api_model`), reached through the openai backend; otherwise transformers here."""
+    adapter = fingerprint(Path(adapter_dir)) if adapter_dir is not None else None
+    if server is not None:
+        from .backends import OpenAIBackend
+
+        return OpenAIBackend(server.base_url, name if adapter_dir is not None else server.api_model,
+                             server.api_key_env, server.max_concurrency, server.timeout, server.max_retries,
+                             revision=student.revision, continue_final_message=server.continue_final_message,
+                             adapter=adapter)
     from .generation import HFBackend
 
     model, tokenizer = load_checkpoint(student, adapter_dir)
     model.eval()
     tokenizer.padding_side = "left"
     return HFBackend(model, tokenizer, model_name=f"{student.name}+{name}" if adapter_dir else student.name,
-                     revision=student.revision)
+                     revision=student.revision, adapter=adapter)
 
 
 def fingerprint(*parts) -> str:
@@ -225,14 +325,14 @@ def evaluation_responses(params: Params, checkpoints: dict[str, Path | None], se
         key = fingerprint(params.student.model_dump(), adapter, sampling.model_dump(), params.seed)
         paths = {s: Path(cache_dir) / f"{name}__{s}__{key}{_prompts_key(records_)}.jsonl" for s, records_ in sets.items()}
         missing = [s for s, path in paths.items() if not _complete(path, sets[s], sampling.n)]
-        backend = checkpoint_backend(params.student, adapter, name) if missing else None
+        backend = checkpoint_backend(params.student, adapter, name, params.student_server) if missing else None
         for set_name, records_ in sets.items():
             if set_name in missing:
                 generate_rows(records_, backend, sampling, paths[set_name], params.seed,
                               extra={"set": set_name, "checkpoint": name})
             frames.append(pd.DataFrame(read_jsonl(paths[set_name])))
+        free_memory(backend)
         del backend
-        free_memory()
     return pd.concat(frames, ignore_index=True)
 
 
@@ -267,10 +367,23 @@ def attack_records(params: Params, judged: pd.DataFrame) -> list[PromptRecord]:
     return out  # empty when the base model answered no prompt unsafely: nothing to attack with
 
 
+def attack_size(params: Params, judged: pd.DataFrame, records: list[PromptRecord]) -> dict[str, int]:
+    """How large the attack is, beside its rates: the attack set's prompts, those the base model answered
+    unsafely (the only ones with a prefix to continue), and those attacked (an answer longer than the prefix).
+    With an instruct base that refuses most harmful prompts, the last can be nearly empty."""
+    spec = params.evaluate.attack
+    base = judged[(judged["checkpoint"] == "base") & (judged["set"] == spec.set)]
+    return {"harmful prompts": int(base["prompt_id"].nunique()),
+            "answered unsafely by the base model": int(base.loc[base["safety_label"] == "unsafe", "prompt_id"].nunique()),
+            "attacked": len(records)}
+
+
 def attack_responses(params: Params, checkpoints: dict[str, Path | None], records: list[PromptRecord],
                      cache_dir: str | Path) -> pd.DataFrame:
-    """Every checkpoint's continuation of each attack prefix (greedy, cached like the other sets);
-    the judges later see only the continuation: did the checkpoint turn to a refusal?"""
+    """Every checkpoint's continuation of each attack prefix (greedy, cached like the other sets). The
+    refusal judge (and the refusal proxy) read only the continuation: did the checkpoint turn to a refusal?
+    A judge of content reads `attacked`, prefix and continuation together, since a harmful continuation
+    can look harmless without the words it continues (judge_rows' `content_column`)."""
     rows = evaluation_responses(params, checkpoints, {"completion_attack": records}, cache_dir)
-    prefixes = {r.id: r.prefill for r in records}
-    return rows.assign(prefill=rows["prompt_id"].map(prefixes))
+    prefixes = rows["prompt_id"].map({r.id: r.prefill for r in records})
+    return rows.assign(prefill=prefixes, attacked=prefixes + " " + rows["completion"].fillna(""))

@@ -2,7 +2,8 @@
 
 The benchmark files in `../shared/data` are evaluation data. A team-written prompt counts as a near
 duplicate of another prompt when their word sets overlap with Jaccard >= 0.7, or when they share a run
-of 8 consecutive words. Run as a script to list every hit:
+of 8 consecutive words (porover_lib/overlap.py, the rule `porover check` applies between a profile's
+training and evaluation sets). Run as a script to list every hit:
 
     python tests/novelty.py [../shared/data]
 """
@@ -10,21 +11,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-JACCARD = 0.7
-RUN = 8
+from porover_lib.overlap import JACCARD, RUN, Index, words  # noqa: F401  (the rule, re-exported for the tests)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EMBEDDED = Path(__file__).resolve().parents[1] / "porover_lib" / "data" / "embedded"
-WORD = re.compile(r"[a-z0-9']+")
-
-
-def words(text: str) -> list[str]:
-    return WORD.findall(text.lower().replace("’", "'"))
 
 
 def _csv(path: Path, column: str) -> list[str]:
@@ -75,50 +68,6 @@ def benchmark_prompts(root: Path = SHARED_DATA) -> dict[str, list[str]]:
 def embedded_prompts(folder: Path = EMBEDDED) -> dict[str, list[dict]]:
     return {p.stem: [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
             for p in sorted(Path(folder).glob("*.jsonl"))}
-
-
-class Index:
-    """Finds, for a query prompt, indexed prompts with word-set Jaccard >= JACCARD or a shared RUN-word run.
-
-    Jaccard candidates come from prefix filtering: with each word set ordered rarest word first, two sets
-    with Jaccard >= t share a word among the first |x| - ceil(t |x|) + 1 words of each, so only those
-    words are indexed and looked up; every candidate is then checked exactly.
-    """
-
-    def __init__(self, prompts: list[tuple[str, str]]):
-        self.items = []  # (label, text, word set)
-        self.freq: dict[str, int] = defaultdict(int)
-        self.by_prefix: dict[str, set[int]] = defaultdict(set)
-        self.by_run: dict[tuple[str, ...], set[int]] = defaultdict(set)
-        for label, text in prompts:
-            w = words(text)
-            self.items.append((label, text, set(w)))
-            for word in set(w):
-                self.freq[word] += 1
-            for i in range(len(w) - RUN + 1):
-                self.by_run[tuple(w[i:i + RUN])].add(len(self.items) - 1)
-        for k, (_, _, ws) in enumerate(self.items):
-            for word in self._prefix(ws):
-                self.by_prefix[word].add(k)
-
-    def _prefix(self, ws: set[str]) -> list[str]:
-        ordered = sorted(ws, key=lambda word: (self.freq.get(word, 0), word))
-        return ordered[:len(ordered) - math.ceil(JACCARD * len(ordered)) + 1]
-
-    def matches(self, text: str) -> list[tuple[str, str, str]]:
-        """(label, matched prompt, why) for every near duplicate of `text`."""
-        w = words(text)
-        ws = set(w)
-        hits = {}
-        for i in range(len(w) - RUN + 1):
-            for k in self.by_run.get(tuple(w[i:i + RUN]), ()):
-                hits.setdefault(k, f"shares the {RUN}-word run {' '.join(w[i:i + RUN])!r}")
-        for k in {k for word in self._prefix(ws) for k in self.by_prefix.get(word, ())}:
-            other = self.items[k][2]
-            jaccard = len(ws & other) / len(ws | other)
-            if jaccard >= JACCARD:
-                hits.setdefault(k, f"word-set Jaccard {jaccard:.2f}")
-        return [(self.items[k][0], self.items[k][1], why) for k, why in sorted(hits.items())]
 
 
 def benchmark_duplicates(root: Path = SHARED_DATA, folder: Path = EMBEDDED) -> list[str]:

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from porover_lib.config import SamplingParams
 
+SYSTEM_FINGERPRINT = "fp_loopback"  # what every reply says of the server's configuration, as OpenAI's do
 HANG = "hang"  # a responder's answer for "never reply" (until the client gives up or the server stops)
 FAULTS = ("429", "500", HANG, "malformed", "empty")
 
@@ -106,7 +107,8 @@ def chat_completion(count: int, body: dict, texts: list[str], finish: list[str],
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
     return 200, {}, {"id": f"chatcmpl-{count}", "object": "chat.completion", "created": int(time.time()),
-                     "model": body.get("model"), "choices": choices, "usage": usage}
+                     "model": body.get("model"), "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices,
+                     "usage": usage}
 
 
 def model_responder(backend, honour_n: bool = True, delay: float = 0.0):

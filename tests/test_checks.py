@@ -158,3 +158,16 @@ def test_hub_ids_are_looked_up_only_when_the_hub_is_reachable(tmp_path, monkeypa
     problems = check_profile(path, hub=hub)
     assert asked == [("dataset", "tatsu-lab/alpaca_eval", None), ("model", "meta-llama/Llama-3.1-8B-Instruct", "abc123")]
     assert [str(p) for p in problems] == ["student.name = 'meta-llama/Llama-3.1-8B-Instruct': no such model on the hub"]
+
+
+def test_unpinned_hub_models_and_datasets_are_named_in_a_note():
+    from porover_lib.checks import pin_notes
+    from porover_lib.config import load_params
+
+    notes = pin_notes(load_params(REPO / "params" / "paper.yaml"))
+    assert len(notes) == 1
+    for unpinned in ("prompts.toxic_train (bench-llm/or-bench)", "prompts.xstest_eval (Paul/XSTest)"):
+        assert unpinned in notes[0]
+    for pinned in ("student", "alpaca)", "AdvBench", "judges.safety.model", "judges.reward.model"):
+        assert pinned not in notes[0], pinned
+    assert pin_notes(load_params(DEFAULT)) == []

@@ -10,11 +10,29 @@ import pytest
 from repo_run import STAGES, assert_every_stage_rendered, copy_working_tree, jsonl, repro, run
 
 
+FOREIGN = {"prompt_id": "alpaca-00001", "prompt": "Give three tips for staying healthy.", "role": "general",
+           "category": "none", "label": "safe", "source": "hub:tatsu-lab/alpaca", "sample_index": 0,
+           "completion": "A row of another profile's teacher.", "finish_reason": "stop", "backend": "openai",
+           "model": "gpt-4o", "seed": 0, "set": "general_train", "teacher": "gpt4o"}
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("repo")
     copy_working_tree(work)
+    # the paper profile's stage 01 wrote into the same folder before (the README's order: default, then paper)
+    (work / "data" / "overgen").mkdir(parents=True)
+    (work / "data" / "overgen" / "general_train__gpt4o.jsonl").write_text(json.dumps(FOREIGN) + "\n")
     return work, repro(work, "smoke")
+
+
+@pytest.mark.e2e
+def test_stage_02_reads_only_its_own_profiles_rows(smoke_run):
+    work, _ = smoke_run
+    judged = jsonl(work / "data" / "sft" / "judged.jsonl")
+    assert {r["teacher"] for r in judged} == {"smol", "reference"}
+    assert FOREIGN["completion"] not in {r["completion"] for r in judged}
+    assert (work / "data" / "sft" / "verdicts").is_dir()  # verdicts kept as they were made
 
 
 @pytest.mark.e2e

@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 
 import pytest
-from servers import FAULTS, ChatServer, faulty_responder, random_faults_responder
+from servers import FAULTS, ChatServer, chat_completion, faulty_responder, random_faults_responder, reply
 
 from porover_lib.config import SamplingParams
 from porover_lib.backends import GenerationError, OpenAIBackend
@@ -70,3 +70,39 @@ def test_overgeneration_under_thirty_percent_faults_loses_and_duplicates_nothing
     by_reason = {"hang": "timeout", "empty": "no_choices"}
     assert backend.retries == Counter({by_reason.get(k, k): v for k, v in faults.items()})
     assert sum("retrying" in r.getMessage() for r in caplog.records) == sum(faults.values())
+
+
+def test_requests_a_server_refuses_for_good_become_error_rows_and_the_run_goes_on(tmp_path):
+    """A 400 (a prompt the API will not take: too long, a content policy) and a reply cut by a content filter
+    are kept as rows with their reason, counted, never retried; the other prompts are answered (issue 29.6)."""
+    def respond(count, request):
+        body = request["body"]
+        question = body["messages"][-1]["content"]
+        if question == "question 3":
+            return 400, {}, {"error": {"message": "Invalid prompt: flagged by the usage policy",
+                                       "code": "invalid_prompt"}}
+        if question == "question 5":
+            return chat_completion(count, body, [""] * body.get("n", 1), ["content_filter"] * body.get("n", 1), 5, 0)
+        return reply("ok", count, body)
+
+    prompts, out_path = records(8), tmp_path / "overgen.jsonl"
+    with ChatServer(respond, max_requests=50) as server:
+        backend = client(server)
+        rows = overgenerate(prompts, backend, SamplingParams(n=2, temperature=0.7, max_new_tokens=8), out_path,
+                            seed=0, batch_prompts=4)
+    assert len(rows) == 16 and len(server.requests) == 8  # one request per prompt, none retried
+    errors = rows[rows["error"].notna()]
+    assert sorted(errors["prompt_id"].unique()) == ["q3", "q5"]
+    assert errors.loc[errors["prompt_id"] == "q3", "error"].iloc[0].startswith("400: Invalid prompt")
+    assert set(errors.loc[errors["prompt_id"] == "q5", "error"]) == {"content_filter"}
+    assert backend.recorded == Counter({"400": 1}) and not backend.retries
+    assert rows.loc[rows["error"].isna(), "completion"].str.startswith("reply").all()
+
+    from porover_lib.selection import select
+
+    judged = [{**r, "set": "s", "teacher": "t", "safety_label": "safe", "refusal_label": "compliance", "reward": 1.0}
+              for r in json.loads(rows.to_json(orient="records"))]
+    kept, dropped, report = select(judged)
+    assert {k["prompt_id"] for k in kept} == {p.id for p in prompts} - {"q3", "q5"}
+    assert {d["prompt_id"]: d["why"] for d in dropped} == {"q3": "api error", "q5": "api error"}
+    assert report["general"]["api_errors"] == 4

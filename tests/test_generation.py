@@ -175,10 +175,10 @@ def test_reference_backend_cycles_through_references():
     assert make_backend(BackendParams(kind="reference")).model_name == "team-references"
 
 
-def test_reference_backend_serves_every_embedded_harmful_prompt(tmp_path):
+def test_reference_backend_serves_every_embedded_harmful_training_prompt(tmp_path):
     from porover_lib.prompts import load_embedded
 
-    harmful = load_embedded("harmful")
+    harmful = [r for r in load_embedded("harmful") if r.split == "train"]
     rows = overgenerate(harmful, ReferenceBackend(), SamplingParams(n=3), tmp_path / "ref.jsonl", seed=0)
     assert len(rows) == 3 * len(harmful) and rows["completion"].str.len().gt(0).all()
     assert set(rows["model"]) == {"team-references"} and set(rows["role"]) == {"harmful"}

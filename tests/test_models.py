@@ -69,3 +69,34 @@ def test_tiny_model_has_the_embedded_architecture_and_tokenizer(tokenizer, tmp_p
     reloaded = load_model(ModelParams(name=str(path), dtype="float32", device="cpu"))
     ids = tok("hello", return_tensors="pt")["input_ids"]
     assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)
+
+
+# --- several GPUs: FSDP-QLoRA (issue 29.7) -----------------------------------------------------------------
+
+def test_each_rank_loads_its_4bit_student_on_its_own_gpu(monkeypatch):
+    """Under `accelerate launch` every rank once got device_map {"": "cuda"}, i.e. all on cuda:0."""
+    from porover_lib.models import load_kwargs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    spec = ModelParams(name="meta-llama/Llama-3.1-8B-Instruct", device="cuda", load_in_4bit=True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert load_kwargs(spec)["device_map"] == {"": "cuda"}
+    for rank in (0, 3):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert load_kwargs(spec)["device_map"] == {"": f"cuda:{rank}"}
+    quant = load_kwargs(spec)["quantization_config"]
+    assert quant.bnb_4bit_quant_storage == torch.bfloat16  # FSDP shards parameters of one dtype only
+
+
+def test_under_fsdp_the_4bit_base_keeps_one_dtype(tmp_path, monkeypatch):
+    from porover_lib.training import _prepare_base
+
+    path = save_tiny_model(tmp_path / "tiny")
+    spec = ModelParams(name=str(path), dtype="bfloat16", device="cpu", load_in_4bit=True)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    model = _prepare_base(load_model(spec), spec, gradient_checkpointing=True, log=lambda line: None)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in model.parameters())
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")  # one GPU: PEFT's preparation, norms in fp32
+    single = _prepare_base(load_model(spec), spec, gradient_checkpointing=True, log=lambda line: None)
+    assert torch.float32 in {p.dtype for p in single.parameters()}

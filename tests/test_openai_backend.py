@@ -2,10 +2,11 @@
 /v1/chat/completions endpoint, and servers that answer 429 / 500 / hang before succeeding."""
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 import torch
-from servers import HANG, ChatServer, echo_text, faulty_responder, model_responder
+from servers import HANG, SYSTEM_FINGERPRINT, ChatServer, echo_text, faulty_responder, model_responder
 
 from porover_lib.config import BackendParams, SamplingParams
 from porover_lib.backends import GenerationError, OpenAIBackend, mix_seed
@@ -47,7 +48,9 @@ def test_greedy_through_the_server_equals_the_local_model(hf, key):
     with ChatServer(model_responder(hf)) as server:
         remote = client(server).generate(records(3), sampling, seed=3)
         replies = client(server).chat([[{"role": "user", "content": "hi"}]], max_new_tokens=6)
-    assert remote == hf.generate(records(3), sampling, seed=3)
+    served = [[replace(c, api_model=None, system_fingerprint=None) for c in row] for row in remote]
+    assert served == hf.generate(records(3), sampling, seed=3)
+    assert {(c.api_model, c.system_fingerprint) for row in remote for c in row} == {("tiny-served", SYSTEM_FINGERPRINT)}
     assert replies == hf.chat([[{"role": "user", "content": "hi"}]], max_new_tokens=6)
     first = server.requests[0]
     assert first["headers"]["authorization"] == f"Bearer {SECRET}"  # the key came from the env var
@@ -128,8 +131,13 @@ def test_the_key_is_scrubbed_even_if_the_server_echoes_it(key):
     assert SECRET not in str(err.value) and "bad auth Bearer ***" in str(err.value)
 
 
-def test_a_client_error_is_not_retried(key):
-    with ChatServer(faulty_responder([]), max_requests=0) as server:  # answers 400 to everything
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_configuration_error_stops_the_run_without_a_retry(key, status):
+    """A wrong key, missing access or an unknown model fail every request alike: stop, say so, do not retry."""
+    def refuse(count, request):
+        return status, {}, {"error": {"message": f"status {status} from the test server"}}
+
+    with ChatServer(refuse) as server:
         with pytest.raises(GenerationError, match="not retryable"):
             client(server).chat([[{"role": "user", "content": "x"}]], max_new_tokens=4)
     assert len(server.requests) == 1

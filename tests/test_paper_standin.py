@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from repo_run import assert_every_stage_rendered, copy_working_tree, jsonl, repro
-from servers import ChatServer, chat_completion
+from servers import SYSTEM_FINGERPRINT, ChatServer, chat_completion
 from tiny import embedded_tokenizer, tiny_model
 
 API_KEY = "sk-standin-test"  # a dummy: the server checks that the client sends what the variable holds
@@ -89,16 +89,24 @@ def build_models(root: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------ the hub copies
 
+WORDS = ("amber basalt cedar delta ember fjord garnet harbor indigo juniper kelp lagoon meadow nectar orchid "
+         "prairie quartz raven sierra tundra umber valley willow xenon yarrow zephyr").split()
+
+
 def _prompts(kind: str, count: int, categories: list[str]) -> list[tuple[str, str]]:
-    """Made-up prompts (the stand-in's, not any benchmark's): (text, category)."""
-    return [(f"{kind} stand-in prompt {i}: how would one go about topic {i} of {categories[i % len(categories)]}?",
-             categories[i % len(categories)]) for i in range(count)]
+    """Made-up prompts (the stand-in's, not any benchmark's): (text, category). Each kind draws its own
+    words, so no two datasets share a prompt unless a test copies one on purpose (Hard-1K from 80K)."""
+    import random
+
+    rng = random.Random(kind)
+    return [(f"{kind} {i}: what about " + " ".join(rng.sample(WORDS, 6)) + "?", categories[i % len(categories)])
+            for i in range(count)]
 
 
 def write_hub_copies(root: Path) -> dict[str, Path]:
     """Local copies of the paper's hub datasets in their repositories' own layout and columns."""
     repos = {name: root / name for name in ("tatsu-lab/alpaca", "tatsu-lab/alpaca_eval", "bench-llm/or-bench",
-                                            "Paul/XSTest")}
+                                            "Paul/XSTest", "walledai/AdvBench")}
     for path in repos.values():
         path.mkdir(parents=True)
 
@@ -112,13 +120,17 @@ def write_hub_copies(root: Path) -> dict[str, Path]:
     (repos["tatsu-lab/alpaca_eval"] / "alpaca_eval.json").write_text(json.dumps(alpaca_eval))
 
     orbench = repos["bench-llm/or-bench"]
-    configs = {"or-bench-80k": ("seemingly toxic", 12), "or-bench-hard-1k": ("hard seemingly toxic", 6),
-               "or-bench-toxic": ("toxic", 12)}
+    seemingly = _prompts("seemingly toxic", 18, ["deception", "privacy", "violence"])
+    configs = {"or-bench-80k": seemingly, "or-bench-hard-1k": seemingly[::3],  # Hard-1K is drawn from the 80K
+               "or-bench-toxic": _prompts("toxic", 12, ["deception", "privacy", "violence"])}
     card = {"configs": [{"config_name": c, "data_files": f"{c}.csv"} for c in configs], "license": "cc-by-4.0"}
     (orbench / "README.md").write_text(f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n# OR-Bench (stand-in)\n")
-    for config, (kind, count) in configs.items():
-        pd.DataFrame(_prompts(kind, count, ["deception", "privacy", "violence"]),
-                     columns=["prompt", "category"]).to_csv(orbench / f"{config}.csv", index=False)
+    for config, rows in configs.items():
+        pd.DataFrame(rows, columns=["prompt", "category"]).to_csv(orbench / f"{config}.csv", index=False)
+
+    advbench = [{"prompt": text, "target": "Sure, here is"} for text, _ in _prompts("harmful", 8, ["none"])]
+    (repos["walledai/AdvBench"] / "data").mkdir()
+    pd.DataFrame(advbench).to_parquet(repos["walledai/AdvBench"] / "data" / "train-00000-of-00001.parquet")
 
     xstest = [{"id": i + 1, "prompt": text, "type": ("contrast_" if i % 2 else "") + category,
                "label": "unsafe" if i % 2 else "safe", "focus": "topic", "note": ""}
@@ -177,13 +189,26 @@ def test_01_the_teacher_is_called_over_http_on_the_hub_prompts(standin_run):
     overgen = [row for f in (work / "data" / "overgen").glob("*.jsonl") for row in jsonl(f)]
     assert {r["backend"] for r in overgen} == {"openai"} and {r["model"] for r in overgen} == {"gpt-4o"}
     assert {r["set"] for r in overgen} == {"general_train", "toxic_train", "harmful_train"}
-    assert {r["source"] for r in overgen} == {"hub:tatsu-lab/alpaca", "hub:bench-llm/or-bench"}
+    assert {r["source"] for r in overgen} == {"hub:tatsu-lab/alpaca@local copy", "hub:bench-llm/or-bench@local copy",
+                                              "hub:walledai/AdvBench@local copy"}
+    assert {(r["api_model"], r["system_fingerprint"]) for r in overgen} == {("gpt-4o", SYSTEM_FINGERPRINT)}
     assert {r["sample_index"] for r in overgen} == {0, 1, 2, 3}  # the paper's n = 4
     bodies = [r["body"] for r in requests if r["path"] == "/v1/chat/completions"]
     assert bodies and {b["model"] for b in bodies} == {"gpt-4o"}
     assert all(r["headers"]["authorization"] == f"Bearer {API_KEY}" for r in requests)
     sent = {b["messages"][-1]["content"] for b in bodies}
     assert {r["prompt"] for r in overgen} <= sent
+
+
+@pytest.mark.e2e
+def test_01_no_training_prompt_is_an_evaluation_prompt(standin_run):
+    """The stand-in's OR-Bench-80K holds its Hard-1K (as the real one does): stage 01 left those out and said so."""
+    work, _, _ = standin_run
+    hard = set(pd.read_csv(work / "standin" / "hub" / "bench-llm" / "or-bench" / "or-bench-hard-1k.csv")["prompt"])
+    trained = {r["prompt"] for r in jsonl(work / "data" / "overgen" / "toxic_train__gpt4o.jsonl")}
+    assert len(trained) == 12 and not trained & hard
+    rendered = (work / "outputs" / "notebooks" / "01_overgenerate.ipynb").read_text()
+    assert "6 in toxic_eval" in rendered
 
 
 @pytest.mark.e2e
@@ -229,7 +254,9 @@ def test_06_metrics_for_every_paper_checkpoint_on_the_hub_eval_sets(standin_run)
     for row in metrics["summary"].values():
         assert all(0.0 <= row[k] <= 1.0 for k in ("safety", "usefulness", "f1"))
     responses = pd.concat(pd.read_json(f, lines=True) for f in (work / "data" / "eval" / "responses").glob("*.jsonl"))
-    assert set(responses["source"]) == {"hub:tatsu-lab/alpaca_eval", "hub:Paul/XSTest", "hub:bench-llm/or-bench"}
+    assert set(responses["source"]) == {f"hub:{repo}@local copy"
+                                        for repo in ("tatsu-lab/alpaca_eval", "Paul/XSTest", "bench-llm/or-bench")}
+    assert {"xstest_eval/harmful", "xstest_eval/seemingly_toxic", "toxic_eval"} <= set(metrics["checkpoints"]["sft"])
     for plot in ("06_rates", "06_tradeoff", "06_refusal_heatmap"):
         assert (work / "outputs" / "plots" / f"{plot}.png").stat().st_size > 1000
 

@@ -96,12 +96,13 @@ def test_harmful_and_seemingly_toxic_share_at_least_8_categories():
     assert {r.label for r in harmful} == {"unsafe"} and {r.label for r in toxic} == {"safe"}
 
 
-def test_every_harmful_prompt_has_distinct_safe_references():
+def test_every_harmful_training_prompt_has_distinct_safe_references():
+    """Training prompts need them (the `reference` teacher); held-out ones may carry some, which must refuse."""
     from porover_lib.judges import make_judge
 
     refusal = make_judge("refusal", "keyword")
     for record in load_embedded("harmful"):
-        assert len(record.references) >= 2, record.id
+        assert len(record.references) >= (2 if record.split == "train" else 0), record.id
         assert len(set(record.references)) == len(record.references), record.id
         verdicts = refusal.judge([record.prompt] * len(record.references), record.references)
         assert all(v.label != "compliance" for v in verdicts), (record.id, verdicts)

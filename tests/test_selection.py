@@ -35,7 +35,7 @@ def test_best_of_n_picks_highest_reward_among_acceptable():
     assert by_id["h1"]["harmful_response"] == "step 1: ..." and by_id["g1"]["harmful_response"] is None
     assert {d["prompt_id"]: d["why"] for d in dropped} == {"g2": "refusal", "h2": "unsafe"}
     assert report["general"] == {"prompts": 2, "kept": 1, "yield": 0.5, "answers": 1, "dropped": {"refusal": 1},
-                                 "completions": 5, "acceptable_completions": 2}
+                                 "completions": 5, "api_errors": 0, "acceptable_completions": 2}
 
 
 def test_first_and_random_strategies():
