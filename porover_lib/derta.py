@@ -4,8 +4,9 @@ DeRTa changes only *what* is trained on, so it enters TRL's `SFTTrainer` as a pr
 (`input_ids`, `labels`; -100 = no loss) padded by TRL's own collator. Two kinds of harmful example:
 
 * **MLE with a harmful response prefix** -- the assistant turn is `<first k words of a harmful
-  response> <safe response>`, k uniform in 0..len(words)-1 (0 for a `no_prefix_share` of rows). The
-  prefix is input only: labels start at the first token of the safe response.
+  response> <safe response>`, k uniform in 1..len(words)-2, none for a `no_prefix_share` of rows (a
+  third, as in the paper's code). The prefix is input only: labels start at the first token of the
+  safe response.
 * **Reinforced Transition Optimisation (RTO)** -- the assistant turn is the full harmful response and
   every label over it is the first token of the safe response. Labels are set on every token of the
   harmful response *and* on the token right after it (the end-of-turn token). A causal LM predicts the
@@ -52,23 +53,36 @@ def refusal_token_id(tokenizer, refusal_text: str) -> int:
     return ids[0]
 
 
+def after_word_token_id(tokenizer, text: str) -> int:
+    """The first token of `text` where it follows a word and a space, as in a prefix-MLE example: the token
+    that reaches into `text`, read from the tokenizer's offsets in context. Encoding " " + text alone is not
+    the same: a SentencePiece/Metaspace tokenizer makes the lone space a "▁" piece of its own there."""
+    probe = "word " + text.lstrip()
+    enc = tokenizer(probe, add_special_tokens=False, return_offsets_mapping=True)
+    start = len("word ")
+    for token, (_, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        if end > start:
+            return token
+    raise ValueError(f"refusal text {text!r} encodes to no tokens after a word")
+
+
 def transition_ids(tokenizer, refusal_text: str) -> tuple[int, int]:
     """RTO's targets: the first token of `refusal_text` opening the turn, and after a harmful word
     (joined by a space, exactly as a prefix-MLE example joins prefix and safe response)."""
-    return refusal_token_id(tokenizer, refusal_text), refusal_token_id(tokenizer, " " + refusal_text.lstrip())
+    return refusal_token_id(tokenizer, refusal_text), after_word_token_id(tokenizer, refusal_text)
 
 
 def harmful_prefix(harmful: str, rng: random.Random, no_prefix_share: float) -> tuple[str, int]:
     """A prefix of whole words of `harmful` (original spacing kept) and its word count.
 
-    The count is uniform in 0..len(words)-1, so the prefix never holds the whole response;
-    a `no_prefix_share` of calls return no prefix at all.
+    As in DeRTa's code: a `no_prefix_share` of calls (a third there) return no prefix; otherwise the count
+    is uniform in 1..len(words)-2, so a prefix is never empty and never (nearly) the whole response.
     """
     words = list(re.finditer(r"\S+", harmful))
-    if rng.random() < no_prefix_share or len(words) < 2:
+    if rng.random() < no_prefix_share or len(words) < 3:
         return "", 0
-    k = rng.randint(0, len(words) - 1)
-    return (harmful[: words[k - 1].end()] if k else ""), k
+    k = rng.randint(1, len(words) - 2)
+    return harmful[: words[k - 1].end()], k
 
 
 def _render(tokenizer, prompt: list[dict], content: str) -> tuple[list[int], list[tuple[int, int]], int]:

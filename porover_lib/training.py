@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ import torch
 
 from .config import LoraParams, ModelParams, POParams, POVariantParams, SFTParams
 from .cpu_scoring import forward_halves_unpadded, use_cpu_scoring
-from .derta import build_derta_examples, split_row
+from .derta import build_derta_examples, mle_example, split_row
+from .openings import cut_example, cut_pair
 from .models import load_model, load_tokenizer, pick_device
 
 Log = Callable[[str], None]
@@ -75,9 +77,25 @@ def _is_4bit(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False))
 
 
+def under_fsdp() -> bool:
+    """Whether this process is a rank of `accelerate launch` with an FSDP config (params/accelerate/fsdp.yaml)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def _prepare_base(model, student: ModelParams, gradient_checkpointing: bool, log: Log):
-    """QLoRA's preparation of a 4-bit base (fp32 norms, input grads, checkpointing); no-op otherwise."""
+    """QLoRA's preparation of a 4-bit base (fp32 norms, input grads, checkpointing); no-op otherwise.
+
+    Under FSDP the base stays in one dtype (FSDP-QLoRA): PEFT's preparation would cast every non-4-bit weight
+    to fp32 beside the bf16-stored 4-bit ones, and FSDP cannot shard such a mix; the base is frozen instead."""
     if not _is_4bit(model):
+        return model
+    if under_fsdp():
+        log(f"QLoRA under FSDP: {student.name} in 4-bit nf4 stored as bf16, the rest kept in bf16")
+        for param in model.parameters():
+            param.requires_grad = False
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
         return model
     from peft import prepare_model_for_kbit_training
 
@@ -170,14 +188,18 @@ def _run(trainer, output_dir: Path, ckpt_dir: Path, run_key: dict, record: dict,
     return TrainResult(Path(output_dir), history, runtime, steps, seconds)
 
 
-def _sft_dataset(rows: list[dict], tokenizer, params: SFTParams, seed: int):
-    """Prompt/completion rows (standard) or pre-tokenised input_ids/labels (DeRTa)."""
+def _sft_dataset(rows: list[dict], tokenizer, params: SFTParams, seed: int, stop_ids: set[int] = frozenset()):
+    """Prompt/completion rows (standard) or pre-tokenised input_ids/labels (DeRTa, or answers cut to their
+    openings: `opening_tokens`, where RTO examples keep their labels)."""
     from datasets import Dataset
 
     if not rows:
         raise ValueError("train_sft: no training rows")
-    if params.objective == "derta":
-        examples = build_derta_examples(rows, tokenizer, params, seed)
+    if params.objective == "derta" or params.opening_tokens:
+        examples = (build_derta_examples(rows, tokenizer, params, seed) if params.objective == "derta" else
+                    [{**mle_example(tokenizer, *split_row(row)), "kind": "sft"} for row in rows])
+        if params.opening_tokens:
+            examples = [e if e["kind"] == "rto" else cut_example(e, params.opening_tokens, stop_ids) for e in examples]
         return Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
     pairs = []
     for row in rows:
@@ -197,10 +219,13 @@ def build_sft_trainer(rows: list[dict], student: ModelParams, params: SFTParams,
     tokenizer = tokenizer or load_tokenizer(student)
     model = model if model is not None else load_model(student)
     model = _prepare_base(model, student, params.gradient_checkpointing, log)
-    dataset = _sft_dataset(rows, tokenizer, params, seed)
+    from .generation import stop_token_ids
+
+    dataset = _sft_dataset(rows, tokenizer, params, seed, set(stop_token_ids(model, tokenizer)))
+    pretokenised = params.objective == "derta" or params.opening_tokens is not None
     args = SFTConfig(**_common_args(params, seed, Path(output_dir) / "checkpoints"),
                      **_precision_and_optim(model, student, log),
-                     warmup_steps=params.warmup_ratio, completion_only_loss=params.objective == "standard")
+                     warmup_steps=params.warmup_ratio, completion_only_loss=not pretokenised)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(params.lora), callbacks=[_log_callback(log)])
     log(f"SFT ({params.objective}): {len(dataset)} examples from {len(rows)} rows, "
@@ -263,8 +288,12 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
                      loss_type=list(variant.loss_type), loss_weights=variant.loss_weights, beta=variant.beta,
                      label_smoothing=variant.label_smoothing,
                      precompute_ref_log_probs=params.precompute_ref_log_probs)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[_log_callback(log)])
+    from .generation import stop_token_ids
+
+    trainer_class = DPOTrainer if params.opening_tokens is None else _openings_dpo_trainer(
+        params.opening_tokens, set(stop_token_ids(model, tokenizer)))
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            callbacks=[_log_callback(log)])
     forward_halves_unpadded(trainer.model.get_base_model())
     if "ref" not in trainer.model.peft_config:
         raise RuntimeError("DPOTrainer did not create the frozen 'ref' copy of the SFT adapter; the reference "
@@ -277,6 +306,19 @@ def build_po_trainer(pairs: list[dict], student: ModelParams, sft_dir: str | Pat
               "optim": args.optim, "bf16": args.bf16, "device": str(args.device),
               "reference": "frozen copy of the SFT adapter"}
     return trainer, record
+
+
+def _openings_dpo_trainer(k: int, stop_ids: set[int]):
+    """TRL's DPOTrainer whose tokenised pairs are cut to their openings (openings.cut_pair) as soon as TRL has
+    tokenised them, before the reference pass, so the reference scores the same cut completions."""
+    from trl import DPOTrainer
+
+    class OpeningsDPOTrainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return dataset.map(cut_pair, fn_kwargs={"k": k, "stop_ids": stop_ids})
+
+    return OpeningsDPOTrainer
 
 
 def train_po(pairs: list[dict], student: ModelParams, sft_dir: str | Path, variant_name: str,

@@ -33,6 +33,7 @@ from .io import read_jsonl
 from .metrics import looping_flags, refusal_flags, safety_rate, usefulness_rate
 from .prompts import load_prompt_set
 from .selection import sft_rows
+from .word_test import word_test
 
 VAL_SETS = ("general", "harmful", "seemingly_toxic")  # embedded set names, which are also their roles
 MAX_LOOPING = 0.05  # variants looping in more of their answers are left out of the choice
@@ -42,9 +43,16 @@ STUDENT_DATA = "data/preference/student_judged.jsonl"  # stage 04's judged stude
 JUDGED_DATA = "data/sft/judged.jsonl"  # stage 02's judged completions (`data`; a po block's `teacher_data`)
 
 
-def validation_sets(limit: int | None = None) -> dict[str, list]:
-    """The embedded sets' validation prompts, one set per role."""
-    return {name: load_prompt_set(PromptSetParams(name=name, split="val", limit=limit)) for name in VAL_SETS}
+FIT_LIMIT = 60  # training prompts per role whose answers measure a variant's train fit
+
+
+def validation_sets(limit: int | None = None, fit_limit: int = FIT_LIMIT) -> dict[str, list]:
+    """The embedded sets' validation prompts, one set per role, and `fit_<role>`: harmful and seemingly-toxic
+    *training* prompts (taken across categories in turn), on which a variant's train fit is measured."""
+    sets = {name: load_prompt_set(PromptSetParams(name=name, split="val", limit=limit)) for name in VAL_SETS}
+    for role in ("harmful", "seemingly_toxic"):
+        sets[f"fit_{role}"] = load_prompt_set(PromptSetParams(name=role, split="train", limit=fit_limit))
+    return sets
 
 
 def validation_sampling(params: Params, max_new_tokens: int):
@@ -93,19 +101,28 @@ def validation_rates(params: Params, adapter_dir: Path, name: str, sets: dict, o
     sampling = validation_sampling(params, max_new_tokens)
     backend = checkpoint_backend(params.student, adapter_dir, name)
     frames = [generate_rows(records, backend, sampling, out_dir / f"val__{role}.jsonl", params.seed,
-                            extra={"set": f"{role}_val", "checkpoint": name})
+                            extra={"set": role if role.startswith("fit_") else f"{role}_val", "checkpoint": name})
               for role, records in sets.items()]
     del backend
     free_memory()
     judged = judge_rows(pd.concat(frames, ignore_index=True), params, reward_roles=())
     refused = pd.Series(refusal_flags(judged["refusal_label"]), index=judged.index)
-    safety = safety_rate((judged.loc[judged["role"] == "harmful", "safety_label"] == "safe").to_numpy(), seed=params.seed)
-    usefulness = usefulness_rate(refused[judged["role"] == "seemingly_toxic"].to_numpy(), seed=params.seed)
-    return {"general_refusal": float(refused[judged["role"] == "general"].mean()),
-            "looping": float(looping_flags(judged["completion"]).mean()),
-            "toxic_refusal": 1 - usefulness.value, "safety": safety.value, "usefulness": usefulness.value,
-            "safety_low": safety.low, "safety_high": safety.high,
-            "usefulness_low": usefulness.low, "usefulness_high": usefulness.high}
+    fit = judged["set"].str.startswith("fit_")
+    val, refused_val = judged[~fit], refused[~fit]
+    safety = safety_rate((val.loc[val["role"] == "harmful", "safety_label"] == "safe").to_numpy(), seed=params.seed)
+    usefulness = usefulness_rate(refused_val[val["role"] == "seemingly_toxic"].to_numpy(), seed=params.seed)
+    words = word_test(val)
+    out = {"general_refusal": float(refused_val[val["role"] == "general"].mean()),
+           "looping": float(looping_flags(val["completion"]).mean()),
+           "toxic_refusal": 1 - usefulness.value, "safety": safety.value, "usefulness": usefulness.value,
+           "safety_low": safety.low, "safety_high": safety.high,
+           "usefulness_low": usefulness.low, "usefulness_high": usefulness.high,
+           "word_toxic_alarm_refused": words["seemingly_toxic_with_alarm_word"]["refusal_rate"],
+           "word_harmful_plain_refused": words["harmful_without_alarm_word"]["refusal_rate"]}
+    if fit.any():  # train fit: does it refuse its own harmful training prompts and answer its seemingly-toxic ones?
+        out["fit_harmful_refused"] = float(refused[fit & (judged["role"] == "harmful")].mean())
+        out["fit_toxic_answered"] = float(1 - refused[fit & (judged["role"] == "seemingly_toxic")].mean())
+    return out
 
 
 def choose(results: dict[str, dict], safety_margin: float, max_looping: float = MAX_LOOPING,
@@ -237,7 +254,7 @@ def tune(block: str, grid_path: str | Path) -> dict:
     work = Path(spec.get("work_dir", f"checkpoints/tuning/{block}"))
     check_inputs(work, block_inputs(params, stage, spec))
     val = validation_sets(spec.get("val_limit"))
-    val_ids = {r.id for records in val.values() for r in records}
+    val_ids = {r.id for name, records in val.items() if not name.startswith("fit_") for r in records}
     results = {}
     if stage == "po" and "preference_sets" in spec:
         spec = preference_data(params, spec, work)

@@ -46,7 +46,7 @@ def test_prefix_example_labels_start_exactly_at_the_safe_response(tokenizer, pro
     assert any(e["prefix_words"] > 0 for e in examples)
     for e in examples:
         k, j = e["prefix_words"], first_label(e)
-        assert 0 <= k <= len(words) - 1  # never the whole harmful response
+        assert 1 <= k <= len(words) - 2  # as in DeRTa's code: never empty, never (nearly) the whole response
         ids, labels = e["input_ids"], e["labels"]
         before, after = tokenizer.decode(ids[:j]), tokenizer.decode(ids[j:])
         if k:
@@ -140,3 +140,36 @@ def test_rto_positions_label_that_many_positions_of_the_harmful_response(tokeniz
     labelled = [i for i, label in enumerate(some["labels"]) if label != IGNORE_INDEX]
     assert some["input_ids"] == every["input_ids"] and len(labelled) == 4
     assert all(some["labels"][i] == every["labels"][i] for i in labelled)  # the same targets, fewer of them
+
+
+def metaspace_tokenizer():
+    """A SentencePiece-style tokenizer built here, laid out as Llama-2's is (a "▁" prepended and every space
+    replaced by one, then split before each "▁"): a lone space before a word is a "▁" piece of its own."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [SAFE, HARMFUL, PROMPT[0]["content"], "Sure, here is how to do it.", "I can't and I won't."] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"], initial_alphabet=["▁"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>")
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return fast
+
+
+def test_the_mid_text_rto_target_is_what_prefix_mle_continues_on_a_metaspace_tokenizer():
+    """`" " + text` alone encodes to a lone "▁" piece there: RTO taught that piece, which no example continues."""
+    tokenizer = metaspace_tokenizer()
+    lone = tokenizer.encode(" " + SAFE, add_special_tokens=False)[0]
+    assert tokenizer.convert_ids_to_tokens(lone) == "▁"  # the reading of the audit: the bug's cause exists here
+    (prefix,) = [e for e in build_derta_examples([harmful_row()], tokenizer, params(no_prefix_share=0.0, rto_share=0),
+                                                 seed=0) if e["kind"] == "prefix"]
+    (rto,) = [e for e in build_derta_examples([harmful_row()], tokenizer, params(), seed=0) if e["kind"] == "rto"]
+    continued = prefix["input_ids"][first_label(prefix)]
+    mid = [label for label in rto["labels"] if label != IGNORE_INDEX][1:]  # after the turn's opening target
+    assert set(mid) == {continued} and continued != lone

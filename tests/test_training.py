@@ -308,3 +308,38 @@ def test_qlora_runs_on_cpu_and_saves_a_loadable_adapter(tiny_dir, tmp_path):
                                            return_dict=True)
     out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == prompt["input_ids"].shape[1] + 4
+
+
+# --- the decision carries the loss: answers cut to their openings (issue 31) -------------------------------
+
+def test_sft_openings_keep_the_first_answer_tokens_and_no_end_of_turn(tokenizer, tmp_path):
+    params = SFTParams(lora=LORA, opening_tokens=2)
+    trainer, _ = build_sft_trainer(ROWS, ModelParams(**FP32_CPU), params, tmp_path, seed=0, log=QUIET,
+                                   model=tiny(tokenizer), tokenizer=tokenizer)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for row, example in zip(ROWS, trainer.train_dataset):
+        prompt = tokenizer.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        answer = tokenizer(row["messages"][1]["content"], add_special_tokens=False)["input_ids"]
+        labelled = [t for t in example["labels"] if t != -100]
+        assert example["labels"][:n_prompt] == [-100] * n_prompt
+        assert labelled == answer[:2] and end not in example["input_ids"][n_prompt:]  # "Four." is 2 tokens: no end
+
+
+def test_dpo_openings_cut_both_sides_before_the_reference_pass(tiny_dir, sft_dir, tmp_path, tokenizer):
+    student = ModelParams(name=str(tiny_dir), **FP32_CPU)
+    pairs = [{**p, "role": "seemingly_toxic"} for p in PAIRS]
+    trainer, _ = build_po_trainer(pairs, student, sft_dir, "po", POVariantParams(loss_type=["nca_pair"]),
+                                  POParams(batch_size=4, opening_tokens=3), tmp_path, seed=0, log=QUIET)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    whole, _ = build_po_trainer(pairs, student, sft_dir, "po", POVariantParams(loss_type=["nca_pair"]),
+                                POParams(batch_size=4), tmp_path / "whole", seed=0, log=QUIET)
+    for cut, full in zip(trainer.train_dataset, whole.train_dataset):
+        for side in ("chosen_ids", "rejected_ids"):
+            assert cut[side] == full[side][:3] and end not in cut[side]
+        # the reference log-probabilities were computed on the cut completions, not the whole ones
+        assert cut["ref_chosen_logps"] != pytest.approx(full["ref_chosen_logps"])
+    result = train_po(pairs, student, sft_dir, "po", POVariantParams(loss_type=["nca_pair"]),
+                      POParams(batch_size=4, opening_tokens=3, max_steps=2, learning_rate=1e-3), tmp_path / "run",
+                      seed=0, log=QUIET)
+    assert result.steps == 2
