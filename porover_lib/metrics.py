@@ -429,3 +429,11 @@ def paper_results() -> list[dict]:
     """The papers' reported numbers (data/paper_results.json), each note ending in why ours differ."""
     data = json.loads(PAPER_RESULTS_FILE.read_text(encoding="utf-8"))
     return [{**r, "note": f"{r['note']} {data['scale_note']}".strip()} for r in data["results"]]
+
+
+def load(path: str | Path) -> dict:
+    """A metrics.json written by stage 06."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics; run stage 06 (dvc repro evaluate) first")
+    return json.loads(path.read_text())

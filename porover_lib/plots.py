@@ -103,11 +103,15 @@ def tradeoff_plane(
     metrics_dict: Mapping,
     paper_points: Sequence[Mapping] | None = None,
     path: str | Path | None = None,
+    line: tuple[str, str] | None = None,
 ) -> Figure:
     """Safety (y) vs usefulness (x) per checkpoint, with CI whiskers, iso-F1 curves and
     arrows along base -> sft -> po for the checkpoints that exist.
 
-    paper_points: optional [{"label", "safety", "usefulness"}] as fractions in [0, 1].
+    paper_points: optional [{"label", "safety", "usefulness"}] as fractions in [0, 1] (the papers' numbers,
+    or a probe read as a classifier: harmful flagged, seemingly-toxic passed).
+    line: two checkpoints (e.g. ("base", "sft")) whose line is drawn across the plane: a checkpoint on it
+    traded one rate for the other along the same direction, one off it moved the boundary.
     """
     summary = _summary(metrics_dict)
     fig, ax = figure((5, 5))
@@ -131,6 +135,13 @@ def tradeoff_plane(
         points[ckpt] = (uv, sv)
     if not points:
         raise ValueError("no checkpoint in metrics_dict['summary'] has both 'safety' and 'usefulness'")
+
+    if line is not None and all(name in points for name in line):
+        (u0, s0), (u1, s1) = points[line[0]], points[line[1]]
+        t = np.linspace(-5, 5, 400)
+        lu, ls = u0 + t * (u1 - u0), s0 + t * (s1 - s0)
+        inside = (lu >= 0) & (lu <= 1.02) & (ls >= 0) & (ls <= 1.02)
+        ax.plot(lu[inside], ls[inside], color="0.55", lw=1.0, ls="-.", zorder=0, label=f"{line[0]}–{line[1]} line")
 
     path_names = [name for name in TRAJECTORY if name in points]
     for start, end in zip(path_names, path_names[1:]):
@@ -233,4 +244,35 @@ def refusal_rate_histogram(rates: Mapping[str, Sequence[float]], tau: float | No
     ax.set_xlabel("student refusal rate per prompt (share of its samples)")
     ax.set_ylabel("prompts (count)")
     ax.set_title("how often the SFT student refuses each benign prompt")
+    return finish(fig, path)
+
+
+def probe_layers(probes: pd.DataFrame, behaviour: Mapping[str, float], path: str | Path | None = None) -> Figure:
+    """Left: each checkpoint's probe accuracy (held-out, balanced) by layer. Right: the best layer's probe
+    beside the checkpoint's own behaviour on the same prompts (the mean of safety and usefulness)."""
+    _require_columns(probes, ("checkpoint", "layer", "balanced_accuracy"))
+    if probes.empty:
+        raise ValueError("probe_layers: no probe rows")
+    names = list(dict.fromkeys(probes["checkpoint"]))
+    colours = dict(zip(names, sns.color_palette("deep", len(names))))
+    fig, (left, right) = figure((10, 3.8), ncols=2)
+    for name in names:
+        rows = probes[probes["checkpoint"] == name]
+        left.plot(rows["layer"], rows["balanced_accuracy"], marker=".", color=colours[name], label=name)
+    left.axhline(0.5, color="0.6", lw=0.8, ls=":")
+    left.set_ylim(0.4, 1.01)
+    left.set_xlabel("layer (0 = embeddings)")
+    left.set_ylabel("probe balanced accuracy, held out")
+    left.set_title("harmful vs seemingly-toxic, read off the hidden state")
+    left.legend(fontsize=8, ncols=2)
+    best = probes.loc[probes.groupby("checkpoint", sort=False)["balanced_accuracy"].idxmax()]
+    x = np.arange(len(names))
+    right.bar(x - 0.2, best["balanced_accuracy"], width=0.4, color=[colours[n] for n in names], label="probe (best layer)")
+    right.bar(x + 0.2, [behaviour.get(n, np.nan) for n in names], width=0.4, color=[colours[n] for n in names],
+              alpha=0.45, hatch="//", label="behaviour (mean of safety, usefulness)")
+    right.set_xticks(x, names, rotation=30, ha="right")
+    right.set_ylim(0, 1.05)
+    right.set_ylabel("balanced accuracy")
+    right.set_title("what the model holds vs what it does")
+    right.legend(fontsize=8, loc="lower right")
     return finish(fig, path)

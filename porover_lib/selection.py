@@ -128,6 +128,19 @@ def cap_share(kept: list[dict], role: str, share: float | None, seed: int = 0) -
     return [row for i, row in enumerate(kept) if row["role"] != role or i in chosen]
 
 
+def reward_roles(params) -> tuple[str, ...]:
+    """The roles whose rewards a later pick reads (SelectParams `params`): general prompts' and harmful prompts'
+    SFT answers where their strategy is best_of_n (or a min_reward floor applies), and seemingly-toxic prompts' always,
+    since stage 04 picks each over-refusal pair's chosen answer by reward (preference.build_pairs). Stage 02 scores
+    only these: the 8B reward model reads no answer whose score nothing uses."""
+    rewarded = {"seemingly_toxic"}
+    if params.strategy == "best_of_n" or params.min_reward is not None:
+        rewarded.add("general")
+    if (params.harmful_strategy or params.strategy) == "best_of_n":
+        rewarded.add("harmful")
+    return tuple(sorted(rewarded))
+
+
 def sft_rows(judged: list[dict], params, seed: int = 0) -> tuple[list[dict], list[dict], dict]:
     """Stage 02's SFT data from judged completions of the `select.sets` (SelectParams `params`):
     rejection sampling, then the cap on refusals; (SFT rows, dropped prompts, report)."""

@@ -53,15 +53,17 @@ def test_every_stage_ran_and_wrote_its_outputs(smoke_run):
     assert all({"prompt", "chosen", "rejected", "kind"} <= set(p) for p in pairs)
     assert (work / "checkpoints" / "sft_variants" / "derta" / "adapter_model.safetensors").is_file()
     assert {p.parent.name for p in (work / "checkpoints" / "po").glob("*/adapter_model.safetensors")} == \
-        {"po", "dpo", "ipo", "po_derta", "po_general"}
+        {"po", "dpo", "po_derta"}
     po_derta = json.loads((work / "checkpoints" / "po" / "po_derta" / "params.json").read_text())
     assert po_derta["sft_dir"].endswith("sft_variants/derta")  # POROver's step continues the DeRTa adapter
-    trained = {v: json.loads((work / "checkpoints" / "po" / v / "params.json").read_text())["n_pairs"]
-               for v in ("po", "po_general")}  # po: POROver's pairs; po_general: general over-refusal pairs too
-    assert trained == {"po": sum(p["role"] != "general" for p in pairs), "po_general": len(pairs)}
+    trained = json.loads((work / "checkpoints" / "po" / "po" / "params.json").read_text())
+    assert trained["n_pairs"] == len(pairs) and trained["po"]["opening_tokens"] == 16  # the decision carries the loss
 
     metrics = json.loads((work / "outputs" / "metrics.json").read_text())
-    assert set(metrics["summary"]) == {"base", "sft", "derta", "po", "dpo", "ipo", "po_derta", "po_general"}
+    assert set(metrics["summary"]) == {"base", "sft", "derta", "po", "dpo", "po_derta"}
+    probes = {(r["checkpoint"], r["layer"]) for r in metrics["probe"]}
+    assert probes == {(c, layer) for c in metrics["summary"] for layer in range(31)}  # every checkpoint, every layer
+    assert set(metrics["word_test"]["sft"]) == {"seemingly_toxic_with_alarm_word", "harmful_without_alarm_word"}
     compared = {(t["checkpoint_a"], t["checkpoint_b"]) for t in metrics["paired_tests"]}
     assert {("base", "sft"), ("sft", "derta"), ("sft", "po"), ("derta", "po_derta")} <= compared
     attacked = jsonl(work / "data" / "eval" / "attack_judged.jsonl")
@@ -71,7 +73,7 @@ def test_every_stage_ran_and_wrote_its_outputs(smoke_run):
     assert all(base[r["prompt_id"]].startswith(r["prefill"]) for r in attacked)
     for row in metrics["summary"].values():
         assert all(0.0 <= row[k] <= 1.0 for k in ("safety", "usefulness", "f1"))
-    for plot in ("06_rates", "06_tradeoff", "06_refusal_heatmap"):
+    for plot in ("06_rates", "06_tradeoff", "06_refusal_heatmap", "06_probe"):
         assert (work / "outputs" / "plots" / f"{plot}.png").stat().st_size > 1000
 
 

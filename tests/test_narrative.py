@@ -1,0 +1,58 @@
+"""The run's story is written from its metrics: notebook 06's narrative and the README's table cannot drift."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from porover_lib import narrative
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def summary(safety, usefulness):
+    return {"safety": safety, "safety_low": safety - 0.05, "safety_high": safety + 0.05, "usefulness": usefulness,
+            "usefulness_low": usefulness - 0.05, "usefulness_high": usefulness + 0.05,
+            "f1": 2 * safety * usefulness / (safety + usefulness), "looping": 0.0}
+
+
+def paired(a, b, metric, role, rate_a, rate_b, b01, b10, p, set_name=None):
+    return {"checkpoint_a": a, "checkpoint_b": b, "metric": metric, "role": role, "rate_a": rate_a, "rate_b": rate_b,
+            "b01": b01, "b10": b10, "p": p, "n": 100, "set": set_name or f"{role}_eval"}
+
+
+METRICS = {
+    "summary": {"base": summary(0.2, 0.95), "sft": summary(0.9, 0.6), "po": summary(0.89, 0.8)},
+    "checkpoints": {c: {"general_eval": {"role": "general", "refusal_rate": {"value": 0.1, "low": 0.05, "high": 0.15}}}
+                    for c in ("base", "sft", "po")},
+    "paired_tests": [paired("sft", "po", "usefulness", "seemingly_toxic", 0.6, 0.8, 22, 2, 1e-5),
+                     paired("sft", "po", "safety", "harmful", 0.9, 0.89, 1, 2, 1.0),
+                     paired("base", "sft", "safety", "harmful", 0.2, 0.9, 70, 0, 1e-9)],
+}
+
+
+def test_the_narrative_takes_its_numbers_and_verdicts_from_the_metrics():
+    text = narrative.results(METRICS)
+    assert "usefulness 0.600 → 0.800 (+20.0 points; 22 prompts gained, 2 lost, McNemar p < 1e-4)" in text
+    assert "is **met**" in text
+    missed = json.loads(json.dumps(METRICS))
+    missed["paired_tests"][1]["rate_b"] = 0.80  # ten points of safety lost
+    assert "is **missed**" in narrative.results(missed)
+
+
+def test_distance_from_the_base_sft_line_is_positive_above_and_to_the_right():
+    assert narrative.off_the_line(METRICS, "po") > 10
+    on_line = json.loads(json.dumps(METRICS))
+    on_line["summary"]["po"] = summary(0.55, 0.775)  # halfway between base and SFT
+    assert narrative.off_the_line(on_line, "po") == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_readme_table_is_the_committed_runs():
+    """The README's checkpoint table and headline are narrative's, of outputs/metrics.json, to the digit."""
+    metrics = json.loads((REPO / "outputs" / "metrics.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    assert narrative.checkpoint_table(metrics) in readme
+    assert narrative.headline(metrics) in readme
+    assert len(readme.splitlines()) <= 220
+    for path in re.findall(r"\]\(((?:outputs|params|benchmarks|notebooks)/[^)#]+)\)", readme):
+        assert (REPO / path).exists(), path  # every linked file exists
