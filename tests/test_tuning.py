@@ -134,7 +134,7 @@ def test_a_block_reads_back_only_what_was_made_from_the_same_inputs(tmp_path):
     judged.write_text('{"prompt_id": "g1"}\n')
     with pytest.raises(RuntimeError, match=r"\(block changed since\)"):
         check_inputs(work, block_inputs(params, "sft", {**spec, "max_new_tokens": 48}))
-    params.select.general_answers = 1
+    params.select.general_answers += 1  # any edit of the profile
     with pytest.raises(RuntimeError, match=r"\(profile changed since\)"):
         check_inputs(work, block_inputs(params, "sft", spec))
     old = tmp_path / "old"
