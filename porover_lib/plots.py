@@ -265,7 +265,9 @@ def probe_layers(probes: pd.DataFrame, behaviour: Mapping[str, float], path: str
     left.set_ylabel("probe balanced accuracy, held out")
     left.set_title("harmful vs seemingly-toxic, read off the hidden state")
     left.legend(fontsize=8, ncols=2)
-    best = probes.loc[probes.groupby("checkpoint", sort=False)["balanced_accuracy"].idxmax()]
+    from .probe import best_layers
+
+    best = best_layers(probes)
     x = np.arange(len(names))
     right.bar(x - 0.2, best["balanced_accuracy"], width=0.4, color=[colours[n] for n in names], label="probe (best layer)")
     right.bar(x + 0.2, [behaviour.get(n, np.nan) for n in names], width=0.4, color=[colours[n] for n in names],

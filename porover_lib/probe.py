@@ -104,10 +104,15 @@ def checkpoint_probes(params, checkpoints: dict[str, Path | None]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def best_layers(probes: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint (in order), the row of its layer with the best held-out balanced accuracy."""
+    return probes.loc[probes.groupby("checkpoint", sort=False)["balanced_accuracy"].idxmax()]
+
+
 def summary(probes: pd.DataFrame, behaviour: dict[str, dict]) -> pd.DataFrame:
     """Per checkpoint: the best layer's probe beside the checkpoint's behaviour on the same held-out prompts
     (mean of safety and usefulness, from metrics.summarize)."""
-    best = probes.loc[probes.groupby("checkpoint", sort=False)["balanced_accuracy"].idxmax()].set_index("checkpoint")
+    best = best_layers(probes).set_index("checkpoint")
     out = best.rename(columns={"layer": "best layer", "balanced_accuracy": "probe balanced accuracy"})
     out["behaviour (mean of safety, usefulness)"] = pd.Series(
         {c: (m["safety"] + m["usefulness"]) / 2 for c, m in behaviour.items() if "safety" in m and "usefulness" in m})
@@ -121,6 +126,6 @@ def plane_point(probes: pd.DataFrame, checkpoint: str = "base") -> dict:
     rows = probes[probes["checkpoint"] == checkpoint]
     if rows.empty:
         raise ValueError(f"no probe rows for checkpoint {checkpoint!r}; have {sorted(set(probes['checkpoint']))}")
-    best = rows.loc[rows["balanced_accuracy"].idxmax()]
+    best = best_layers(rows).iloc[0]
     return {"label": f"probe on {checkpoint} (layer {int(best['layer'])})", "safety": float(best["harmful_flagged"]),
             "usefulness": float(best["benign_passed"])}
