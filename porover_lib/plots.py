@@ -247,10 +247,12 @@ def refusal_rate_histogram(rates: Mapping[str, Sequence[float]], tau: float | No
     return finish(fig, path)
 
 
-def probe_layers(probes: pd.DataFrame, behaviour: Mapping[str, float], path: str | Path | None = None) -> Figure:
-    """Left: each checkpoint's probe accuracy (held-out, balanced) by layer. Right: the best layer's probe
-    beside the checkpoint's own behaviour on the same prompts (the mean of safety and usefulness)."""
+def probe_layers(probes: pd.DataFrame, table: pd.DataFrame, path: str | Path | None = None) -> Figure:
+    """Left: each checkpoint's probe accuracy (held-out, balanced) by layer. Right: `table` (probe.summary: the
+    best layer's probe beside the checkpoint's own behaviour on the same prompts), one pair of bars per row."""
     _require_columns(probes, ("checkpoint", "layer", "balanced_accuracy"))
+    probe_col, behaviour_col = "probe balanced accuracy", "behaviour (mean of safety, usefulness)"
+    _require_columns(table, (probe_col, behaviour_col))
     if probes.empty:
         raise ValueError("probe_layers: no probe rows")
     names = list(dict.fromkeys(probes["checkpoint"]))
@@ -265,12 +267,10 @@ def probe_layers(probes: pd.DataFrame, behaviour: Mapping[str, float], path: str
     left.set_ylabel("probe balanced accuracy, held out")
     left.set_title("harmful vs seemingly-toxic, read off the hidden state")
     left.legend(fontsize=8, ncols=2)
-    from .probe import best_layers
-
-    best = best_layers(probes)
     x = np.arange(len(names))
-    right.bar(x - 0.2, best["balanced_accuracy"], width=0.4, color=[colours[n] for n in names], label="probe (best layer)")
-    right.bar(x + 0.2, [behaviour.get(n, np.nan) for n in names], width=0.4, color=[colours[n] for n in names],
+    table = table.reindex(names)
+    right.bar(x - 0.2, table[probe_col], width=0.4, color=[colours[n] for n in names], label="probe (best layer)")
+    right.bar(x + 0.2, table[behaviour_col], width=0.4, color=[colours[n] for n in names],
               alpha=0.45, hatch="//", label="behaviour (mean of safety, usefulness)")
     right.set_xticks(x, names, rotation=30, ha="right")
     right.set_ylim(0, 1.05)

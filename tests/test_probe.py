@@ -51,7 +51,7 @@ def test_checkpoint_probes_fit_on_training_prompts_and_score_held_out_ones(tmp_p
     assert point["label"].startswith("probe on base (layer") and 0 <= point["safety"] <= 1
     table = probe.summary(probes, {"base": {"safety": 0.2, "usefulness": 0.9}})
     assert table.loc["base", "behaviour (mean of safety, usefulness)"] == pytest.approx(0.55)
-    fig = plots.probe_layers(probes, {"base": 0.55}, path=tmp_path / "probe.png")
+    fig = plots.probe_layers(probes, table, path=tmp_path / "probe.png")
     assert (tmp_path / "probe.png").stat().st_size > 1000 and len(fig.axes) == 2
 
 
