@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import pytest
+import yaml
 
 from repo_run import STAGES, assert_every_stage_rendered, copy_working_tree, jsonl, repro, run
 
@@ -83,7 +84,9 @@ def test_second_repro_does_nothing_and_a_po_param_reruns_only_05_and_06(smoke_ru
     again = run(["dvc", "repro"], work)
     assert "Running stage" not in again
     active = work / "params" / "active.yaml"
-    active.write_text(active.read_text().replace("beta: 0.1", "beta: 0.2"))
+    params = yaml.safe_load(active.read_text())
+    params["po"]["variants"]["po"]["beta"] += 0.1  # whatever the profile's beta is, a po param changes
+    active.write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = run(["dvc", "repro"], work)
     assert [s for s in STAGES if f"Running stage '{s}'" in rerun] == ["preference_optimization", "evaluate"]
     # 06 caches responses per (checkpoint, set, settings): base and the SFT adapters are reused,
