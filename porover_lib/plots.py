@@ -99,6 +99,16 @@ def completion_attack(attack: Mapping[str, Mapping], path: str | Path | None = N
     return finish(fig, path)
 
 
+def _shared_labels(points: Mapping[str, tuple[float, float]], near: float = 0.03) -> dict[str, list[str]]:
+    """Checkpoints within `near` of an earlier one on both axes share its label ("sft / dpo"): their own
+    labels would print over each other."""
+    groups: dict[str, list[str]] = {}
+    for name, (x, y) in points.items():
+        anchor = next((a for a in groups if abs(points[a][0] - x) < near and abs(points[a][1] - y) < near), name)
+        groups.setdefault(anchor, []).append(name)
+    return groups
+
+
 def tradeoff_plane(
     metrics_dict: Mapping,
     paper_points: Sequence[Mapping] | None = None,
@@ -131,10 +141,11 @@ def tradeoff_plane(
         sv, s_lo, s_hi = _ci(stats, "safety", where)
         uv, u_lo, u_hi = _ci(stats, "usefulness", where)
         ax.errorbar(uv, sv, xerr=[[u_lo], [u_hi]], yerr=[[s_lo], [s_hi]], fmt="o", capsize=3, label=str(ckpt))
-        ax.annotate(str(ckpt), (uv, sv), xytext=(5, 5), textcoords="offset points", fontsize=9)
         points[ckpt] = (uv, sv)
     if not points:
         raise ValueError("no checkpoint in metrics_dict['summary'] has both 'safety' and 'usefulness'")
+    for anchor, names in _shared_labels(points).items():
+        ax.annotate(" / ".join(map(str, names)), points[anchor], xytext=(5, 5), textcoords="offset points", fontsize=9)
 
     if line is not None and all(name in points for name in line):
         (u0, s0), (u1, s1) = points[line[0]], points[line[1]]

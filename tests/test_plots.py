@@ -90,6 +90,15 @@ def test_tradeoff_plane_arrows_only_between_existing_names(metrics_dict):
     assert arrows[0].xy == (0.8, 0.93)
 
 
+def test_tradeoff_plane_gives_checkpoints_on_one_spot_one_label(metrics_dict):
+    metrics_dict["summary"]["dpo"] = _summary_stats(*(metrics_dict["summary"]["sft"][k] + 0.01 for k in
+                                                      ("safety", "usefulness", "f1")))
+    ax = plots.tradeoff_plane(metrics_dict).axes[0]
+    labels = [t.get_text() for t in ax.texts
+              if getattr(t, "arrow_patch", None) is None and not t.get_text().startswith("F1=")]
+    assert labels == ["base", "sft / dpo", "po"]
+
+
 def test_tradeoff_plane_errors(metrics_dict):
     with pytest.raises(ValueError, match="percents"):
         plots.tradeoff_plane(metrics_dict, paper_points=[{"label": "v1", "safety": 97.0, "usefulness": 85.0}])
