@@ -549,12 +549,16 @@ if __name__ == "__main__":
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description="Validate a params profile and write the resolved copy.")
+    parser = argparse.ArgumentParser(description="Validate a params profile; print the resolved copy, or write it.")
     parser.add_argument("profile", help="e.g. params/default.yaml")
-    parser.add_argument("--write", default="params/active.yaml", help="where the resolved profile goes")
+    # no default: validating a profile must not replace params/active.yaml, which the next `dvc repro` would run
+    parser.add_argument("--write", help="where the resolved profile goes (`make profile`: params/active.yaml)")
     args = parser.parse_args()
     try:
-        resolved = write_active(args.profile, args.write)
+        if args.write is None:
+            print(dump_resolved(load_params(args.profile)), end="")
+        else:
+            resolved = write_active(args.profile, args.write)
+            print(f"{args.profile} -> {args.write} (profile '{resolved.profile}')")
     except ParamsError as err:
         sys.exit(str(err))
-    print(f"{args.profile} -> {args.write} (profile '{resolved.profile}')")

@@ -84,6 +84,17 @@ def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, expected)
         assert fragment in message, message
 
 
+def test_the_cli_validates_without_writing_and_writes_only_where_told(tmp_path):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "porover_lib.config", str(PARAMS / "smoke.yaml")]
+    shown = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert yaml.safe_load(shown.stdout)["profile"] == "smoke" and not list(tmp_path.iterdir())
+    subprocess.run(cli + ["--write", "active.yaml"], cwd=tmp_path, capture_output=True, check=True)
+    assert load_params(tmp_path / "active.yaml").profile == "smoke"
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "absent.yaml")
