@@ -99,14 +99,22 @@ def completion_attack(attack: Mapping[str, Mapping], path: str | Path | None = N
     return finish(fig, path)
 
 
-def _shared_labels(points: Mapping[str, tuple[float, float]], near: float = 0.03) -> dict[str, list[str]]:
-    """Checkpoints within `near` of an earlier one on both axes share its label ("sft / dpo"): their own
-    labels would print over each other."""
-    groups: dict[str, list[str]] = {}
-    for name, (x, y) in points.items():
-        anchor = next((a for a in groups if abs(points[a][0] - x) < near and abs(points[a][1] - y) < near), name)
-        groups.setdefault(anchor, []).append(name)
-    return groups
+def spread_labels(ax, names) -> None:
+    """Move checkpoint labels that would overlap down, one under the next: checkpoints that land together
+    (SFT and DPO, DeRTa and po_derta) would have their labels printed over each other."""
+    fig = ax.figure
+    fig.canvas.draw()  # constrained layout settles here, so the label boxes below are final
+    renderer, points = fig.canvas.get_renderer(), 72 / fig.dpi
+    labels = [t for t in ax.texts if t.get_text() in names and hasattr(t, "xyann")]
+    labels.sort(key=lambda t: (-t.get_window_extent(renderer).y0, t.get_window_extent(renderer).x0))
+    placed = []
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        while any(box.overlaps(other) for other in placed):
+            dx, dy = label.xyann
+            label.xyann = (dx, dy - (box.height + 1) * points)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 def tradeoff_plane(
@@ -141,11 +149,10 @@ def tradeoff_plane(
         sv, s_lo, s_hi = _ci(stats, "safety", where)
         uv, u_lo, u_hi = _ci(stats, "usefulness", where)
         ax.errorbar(uv, sv, xerr=[[u_lo], [u_hi]], yerr=[[s_lo], [s_hi]], fmt="o", capsize=3, label=str(ckpt))
+        ax.annotate(str(ckpt), (uv, sv), xytext=(5, 5), textcoords="offset points", fontsize=9)
         points[ckpt] = (uv, sv)
     if not points:
         raise ValueError("no checkpoint in metrics_dict['summary'] has both 'safety' and 'usefulness'")
-    for anchor, names in _shared_labels(points).items():
-        ax.annotate(" / ".join(map(str, names)), points[anchor], xytext=(5, 5), textcoords="offset points", fontsize=9)
 
     if line is not None and all(name in points for name in line):
         (u0, s0), (u1, s1) = points[line[0]], points[line[1]]
@@ -173,6 +180,7 @@ def tradeoff_plane(
     ax.set_xlabel("usefulness (share of seemingly-toxic prompts not refused)")
     ax.set_ylabel("safety (share of harmful prompts answered safely)")
     ax.set_title("safety / usefulness trade-off")
+    spread_labels(ax, {str(name) for name in points})
     return finish(fig, path)
 
 

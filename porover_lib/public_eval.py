@@ -129,24 +129,6 @@ def evaluate_public(profile: str | Path, name: str, data_dir: str | Path, out_di
     return report
 
 
-def spread_labels(ax, names) -> None:
-    """Move checkpoint labels that would overlap down, one under the next: on a benchmark that cannot tell
-    checkpoints apart (base, DeRTa and po_derta on Do-Not-Answer) their labels would print over each other."""
-    fig = ax.figure
-    fig.canvas.draw()  # constrained layout settles here, so the label boxes below are final
-    renderer, points = fig.canvas.get_renderer(), 72 / fig.dpi
-    labels = [t for t in ax.texts if t.get_text() in names and hasattr(t, "xyann")]
-    labels.sort(key=lambda t: (-t.get_window_extent(renderer).y0, t.get_window_extent(renderer).x0))
-    placed = []
-    for label in labels:
-        box = label.get_window_extent(renderer)
-        while any(box.overlaps(other) for other in placed):
-            dx, dy = label.xyann
-            label.xyann = (dx, dy - (box.height + 1) * points)
-            box = label.get_window_extent(renderer)
-        placed.append(box)
-
-
 def draw_planes(out_dir: str | Path) -> list[Path]:
     """The safety / usefulness plane of every pair of reports in `out_dir` that measure one axis each
     (a harmful benchmark's safety, a benign one's usefulness), checkpoints present in both."""
@@ -170,7 +152,7 @@ def draw_planes(out_dir: str | Path) -> list[Path]:
             ax.set_xlabel(f"usefulness on {u_name} (benign prompts not refused)")
             ax.set_ylabel(f"safety on {s_name} (harmful prompts declined)")
             ax.set_title(f"public benchmarks: {s_name} x {u_name}")
-            spread_labels(ax, summary)
+            plots.spread_labels(ax, summary)  # again: the new axis titles moved the layout
             paths.append(Path(out_dir) / f"plane_{s_name}_{u_name}.png")
             finish(fig, paths[-1])
     return paths

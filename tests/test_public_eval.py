@@ -80,8 +80,7 @@ def test_planes_pair_a_safety_report_with_each_usefulness_report(tmp_path):
 
 def test_labels_of_checkpoints_that_land_together_do_not_overlap():
     """Three checkpoints on one spot (a benchmark that cannot tell them apart) get three readable labels."""
-    from porover_lib.plots import tradeoff_plane
-    from porover_lib.public_eval import spread_labels
+    from porover_lib.plots import spread_labels, tradeoff_plane
 
     point = {"safety": 0.23, "safety_low": 0.17, "safety_high": 0.3,
              "usefulness": 0.88, "usefulness_low": 0.83, "usefulness_high": 0.93}
