@@ -99,7 +99,7 @@ def completion_attack(attack: Mapping[str, Mapping], path: str | Path | None = N
     return finish(fig, path)
 
 
-def spread_labels(ax, names) -> None:
+def _spread_labels(ax, names) -> None:
     """Move checkpoint labels that would overlap down, one under the next: checkpoints that land together
     (SFT and DPO, DeRTa and po_derta) would have their labels printed over each other."""
     fig = ax.figure
@@ -122,9 +122,13 @@ def tradeoff_plane(
     paper_points: Sequence[Mapping] | None = None,
     path: str | Path | None = None,
     line: tuple[str, str] | None = None,
+    *,
+    xlabel: str = "usefulness (share of seemingly-toxic prompts not refused)",
+    ylabel: str = "safety (share of harmful prompts answered safely)",
+    title: str = "safety / usefulness trade-off",
 ) -> Figure:
     """Safety (y) vs usefulness (x) per checkpoint, with CI whiskers, iso-F1 curves and
-    arrows along base -> sft -> po for the checkpoints that exist.
+    arrows along base -> sft -> po for the checkpoints that exist; labels that would overlap are moved apart.
 
     paper_points: optional [{"label", "safety", "usefulness"}] as fractions in [0, 1] (the papers' numbers,
     or a probe read as a classifier: harmful flagged, seemingly-toxic passed).
@@ -177,10 +181,10 @@ def tradeoff_plane(
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_aspect("equal")
-    ax.set_xlabel("usefulness (share of seemingly-toxic prompts not refused)")
-    ax.set_ylabel("safety (share of harmful prompts answered safely)")
-    ax.set_title("safety / usefulness trade-off")
-    spread_labels(ax, {str(name) for name in points})
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    _spread_labels(ax, {str(name) for name in points})  # after the titles: they move the layout
     return finish(fig, path)
 
 

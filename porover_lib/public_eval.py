@@ -135,7 +135,6 @@ def draw_planes(out_dir: str | Path) -> list[Path]:
     import json
 
     from . import plots
-    from .figures import finish
 
     reports = {n: json.loads((Path(out_dir) / f"{n}.json").read_text()) for n in BENCHMARKS
                if (Path(out_dir) / f"{n}.json").is_file()}
@@ -147,14 +146,11 @@ def draw_planes(out_dir: str | Path) -> list[Path]:
             summary = {c: {**{k: v for k, v in s_rep["summary"][c].items() if k.startswith("safety")},
                            **{k: v for k, v in u_rep["summary"][c].items() if k.startswith("usefulness")}}
                        for c in s_rep["summary"] if c in u_rep["summary"]}
-            fig = plots.tradeoff_plane({"summary": summary})
-            ax = fig.axes[0]
-            ax.set_xlabel(f"usefulness on {u_name} (benign prompts not refused)")
-            ax.set_ylabel(f"safety on {s_name} (harmful prompts declined)")
-            ax.set_title(f"public benchmarks: {s_name} x {u_name}")
-            plots.spread_labels(ax, summary)  # again: the new axis titles moved the layout
             paths.append(Path(out_dir) / f"plane_{s_name}_{u_name}.png")
-            finish(fig, paths[-1])
+            plots.tradeoff_plane({"summary": summary}, path=paths[-1],
+                                 xlabel=f"usefulness on {u_name} (benign prompts not refused)",
+                                 ylabel=f"safety on {s_name} (harmful prompts declined)",
+                                 title=f"public benchmarks: {s_name} x {u_name}")
     return paths
 
 

@@ -90,13 +90,19 @@ def test_tradeoff_plane_arrows_only_between_existing_names(metrics_dict):
     assert arrows[0].xy == (0.8, 0.93)
 
 
-def test_tradeoff_plane_keeps_labels_of_checkpoints_on_one_spot_apart(metrics_dict):
-    metrics_dict["summary"]["dpo"] = _summary_stats(*(metrics_dict["summary"]["sft"][k] + 0.01 for k in
-                                                      ("safety", "usefulness", "f1")))
-    fig = plots.tradeoff_plane(metrics_dict)
+def test_labels_of_checkpoints_that_land_together_do_not_overlap():
+    """Three checkpoints on one spot (a benchmark that cannot tell them apart) get three readable labels."""
+    point = {"safety": 0.23, "safety_low": 0.17, "safety_high": 0.3,
+             "usefulness": 0.88, "usefulness_low": 0.83, "usefulness_high": 0.93}
+    summary = {name: point for name in ("base", "derta", "po_derta")}
+    summary["sft"] = {**point, "safety": 0.6, "safety_low": 0.5, "safety_high": 0.7}
+    fig = plots.tradeoff_plane({"summary": summary})
+    ax = fig.axes[0]
     renderer = fig.canvas.get_renderer()
-    boxes = {t.get_text(): t.get_window_extent(renderer) for t in fig.axes[0].texts if t.get_text() in {"sft", "dpo"}}
-    assert len(boxes) == 2 and not boxes["sft"].overlaps(boxes["dpo"])
+    boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_text() in summary]
+    assert len(boxes) == 4
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert [t.xyann for t in ax.texts if t.get_text() == "sft"] == [(5, 5)]  # a label alone stays where it was
 
 
 def test_tradeoff_plane_errors(metrics_dict):

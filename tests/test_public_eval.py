@@ -76,21 +76,3 @@ def test_planes_pair_a_safety_report_with_each_usefulness_report(tmp_path):
     paths = draw_planes(tmp_path)
     assert sorted(p.name for p in paths) == ["plane_donotanswer_coconot.png", "plane_donotanswer_oktest.png"]
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
-
-
-def test_labels_of_checkpoints_that_land_together_do_not_overlap():
-    """Three checkpoints on one spot (a benchmark that cannot tell them apart) get three readable labels."""
-    from porover_lib.plots import spread_labels, tradeoff_plane
-
-    point = {"safety": 0.23, "safety_low": 0.17, "safety_high": 0.3,
-             "usefulness": 0.88, "usefulness_low": 0.83, "usefulness_high": 0.93}
-    summary = {name: point for name in ("base", "derta", "po_derta")}
-    summary["sft"] = {**point, "safety": 0.6, "safety_low": 0.5, "safety_high": 0.7}
-    fig = tradeoff_plane({"summary": summary})
-    ax = fig.axes[0]
-    spread_labels(ax, summary)
-    renderer = fig.canvas.get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_text() in summary]
-    assert len(boxes) == 4
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
-    assert [t.xyann for t in ax.texts if t.get_text() == "sft"] == [(5, 5)]  # a label alone stays where it was
