@@ -12,7 +12,7 @@ import torch
 
 from porover_lib.config import BackendParams, ModelParams, SamplingParams
 from porover_lib.backends import GenerationError, ReferenceBackend, vllm_engine_kwargs, vllm_sampling_kwargs
-from porover_lib.generation import HFBackend, NucleusSampler, make_backend, overgenerate
+from porover_lib.generation import HFBackend, NucleusSampler, make_backend, overgenerate, use_grouped_eager_attention
 from porover_lib.io import JsonlError, append_jsonl, read_jsonl, repair_jsonl_tail, write_jsonl
 from porover_lib.prompts import PromptRecord
 from tiny import save_tiny_model, tiny_model
@@ -77,6 +77,55 @@ def test_greedy_decoding_matches_transformers_generate(tokenizer):
         tokens = out[0, ids.shape[1]:].tolist()
         end = next((k for k, t in enumerate(tokens) if t in hf.eos_ids), len(tokens))
         assert completions[0] == completions[1]
+        assert completions[0].text == tok.decode(tokens[:end], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_eager_attention_gives_eager_numbers(tokenizer, dtype):
+    """The attention HFBackend switches an eager Llama to: the same logits, bit for bit, with padding and a cache."""
+    model, _ = tiny_model(tokenizer, seed=4)
+    model = model.to(dtype).eval()
+    model.config._attn_implementation = "eager"
+    ids = torch.randint(0, len(tokenizer), (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded row
+
+    def logits():
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+            step = model(input_ids=ids[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], 1),
+                         past_key_values=out.past_key_values, use_cache=True)
+        return out.logits, step.logits
+
+    eager = logits()
+    assert use_grouped_eager_attention(model) and model.config._attn_implementation == "grouped_eager"
+    grouped = logits()
+    assert all(torch.equal(a, b) for a, b in zip(eager, grouped))
+
+
+def test_grouped_eager_attention_only_replaces_eager_grouped_query_llama(tokenizer):
+    sdpa, _ = tiny_model(tokenizer)
+    assert not use_grouped_eager_attention(sdpa) and sdpa.config._attn_implementation == "sdpa"
+    full, _ = tiny_model(tokenizer)
+    full.config._attn_implementation, full.config.num_key_value_heads = "eager", full.config.num_attention_heads
+    assert not use_grouped_eager_attention(full) and full.config._attn_implementation == "eager"
+
+
+def test_an_eager_llama_backend_writes_what_eager_generate_writes(tokenizer):
+    model, tok = tiny_model(tokenizer, seed=3)
+    model.config._attn_implementation = "eager"
+    prompts = [record(i) for i in range(4)]
+    expected = []
+    for prompt in prompts:  # eager generate first: the backend switches this model's attention
+        ids = tok(tok.apply_chat_template([{"role": "user", "content": prompt.prompt}], add_generation_prompt=True,
+                                          tokenize=False), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        expected.append(out[0, ids.shape[1]:].tolist())
+    hf = HFBackend(model, tok, "tiny")
+    assert model.config._attn_implementation == "grouped_eager"
+    ours = hf.generate(prompts, SamplingParams(max_new_tokens=8, batch_size=4), seed=0)
+    for completions, tokens in zip(ours, expected):
+        end = next((k for k, t in enumerate(tokens) if t in hf.eos_ids), len(tokens))
         assert completions[0].text == tok.decode(tokens[:end], skip_special_tokens=True).strip()
 
 
