@@ -41,6 +41,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/overgen_throughput.py
+	$(PY) benchmarks/decode_copies.py
 	$(PY) benchmarks/judge_throughput.py
 	$(PY) benchmarks/qlora_memory.py
 	$(PY) benchmarks/memory_table.py
