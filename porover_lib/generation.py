@@ -87,15 +87,16 @@ def grouped_eager_attention(module, query, key, value, attention_mask, scaling, 
     """transformers' eager attention for grouped-query models, without `repeat_kv`: each key/value head meets
     its group of query heads in one matmul instead of being copied once per query head, which on a CPU decode
     step of SmolLM2 (9 query heads, 3 key/value heads) copies the whole cache twice per layer. The same dot
-    products in the same order: the answers are the same (tests/test_generation.py), 10-25% sooner."""
+    products in the same order: the same numbers (tests/test_generation.py), sooner (benchmarks/decode_copies.py)."""
     batch, heads, length, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
-    grouped = query.reshape(batch, kv_heads, heads // kv_heads * length, dim)  # head h reads key/value h // group
-    weights = (torch.matmul(grouped, key.transpose(2, 3)) * scaling).view(batch, heads, length, keys)
+    rows = heads // kv_heads * length  # query head h reads key/value head h // (heads // kv_heads)
+    weights = (torch.matmul(query.reshape(batch, kv_heads, rows, dim), key.transpose(2, 3)) * scaling)
+    weights = weights.view(batch, heads, length, keys)
     if attention_mask is not None:
         weights = weights + attention_mask
     weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(weights.view(batch, kv_heads, heads // kv_heads * length, keys), value)
+    out = torch.matmul(weights.view(batch, kv_heads, rows, keys), value)
     return out.view(batch, heads, length, dim).transpose(1, 2).contiguous(), weights
 
 

@@ -33,8 +33,9 @@ def prompt_states(model, tokenizer, prompts: list[str], batch_size: int = 32) ->
             batch = [order[i] for i in range(start, min(start + batch_size, len(order)))]
             enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(model.device)
-            last_position = torch.tensor([enc["input_ids"].shape[1] - 1], device=model.device)  # no vocabulary logits
-            hidden = model(**enc, output_hidden_states=True, logits_to_keep=last_position).hidden_states  # elsewhere
+            # vocabulary logits for one position only: the probe reads hidden states
+            last_position = torch.tensor([enc["input_ids"].shape[1] - 1], device=model.device)
+            hidden = model(**enc, output_hidden_states=True, logits_to_keep=last_position).hidden_states
             last = torch.stack([h[:, -1, :] for h in hidden], dim=1).float().cpu().numpy()  # [batch, layers+1, d]
             for row, i in enumerate(batch):
                 out[i] = last[row]
