@@ -299,18 +299,33 @@ def checkpoint_backend(student: ModelParams, adapter_dir: Path | None, name: str
                      revision=student.revision, adapter=adapter)
 
 
+# A checkpoint's records of its run (times, versions, the loss curve): not what the checkpoint says.
+RUN_RECORDS = frozenset({"log_history.json", "params.json"})
+
+
 def fingerprint(*parts) -> str:
-    """A short stable hash of settings and files: a cache key that changes when any of them does."""
+    """A short stable hash of settings and files: a cache key that changes when any of them does.
+
+    A directory (a checkpoint) counts by what generation reads from it, the weights, adapter config, tokenizer and
+    chat template, never by its run records, so retraining to the same weights keeps its key and its cached rows."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path) and part.is_dir():
-            for f in sorted(part.rglob("*")):
-                if f.is_file() and f.suffix in (".safetensors", ".json", ".bin"):
+            for f in sorted(part.iterdir()):
+                if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".jinja") and f.name not in RUN_RECORDS:
                     h.update(f.name.encode())
-                    h.update(f.read_bytes())
+                    h.update(_canonical_json(f) if f.suffix == ".json" else f.read_bytes())
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:12]
+
+
+def _canonical_json(path: Path) -> bytes:
+    """A JSON file's content with sorted keys; PEFT writes `target_modules`, a set, in a different order each run."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("target_modules"), list):
+        data = {**data, "target_modules": sorted(data["target_modules"])}
+    return json.dumps(data, sort_keys=True).encode()
 
 
 def evaluation_responses(params: Params, checkpoints: dict[str, Path | None], sets: dict[str, list[PromptRecord]],

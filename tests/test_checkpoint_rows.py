@@ -53,6 +53,26 @@ def records(count: int, prefill: str = "") -> list[PromptRecord]:
                          split="train", role="seemingly_toxic", prefill=prefill) for i in range(count)]
 
 
+
+def test_retrained_to_the_same_weights_keeps_its_fingerprint(student, tmp_path):
+    """The key once hashed the run's records (times in log_history.json and params.json) and adapter_config.json as
+    PEFT wrote it (`target_modules`, a set, in a new order each run): the same weights got a new key every run,
+    so stages 04 and 06 generated again what they had cached."""
+    import json
+    import shutil
+
+    _, first, _ = student
+    again = shutil.copytree(first, tmp_path / "again")
+    (again / "log_history.json").write_text(json.dumps([{"loss": 1.0, "train_runtime": 12.5}]))
+    (again / "params.json").write_text(json.dumps({"train_runtime": 99.0}))
+    config = json.loads((again / "adapter_config.json").read_text())
+    config["target_modules"] = list(reversed(config["target_modules"]))
+    (again / "adapter_config.json").write_text(json.dumps(config, indent=4))
+    assert stages.fingerprint(again) == stages.fingerprint(first)
+    (again / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")  # what generation reads counts
+    assert stages.fingerprint(again) != stages.fingerprint(first)
+
+
 def test_a_retrained_adapter_samples_again(params, student, tmp_path):
     """Stage 04 once keyed the student's rows by name and settings only: after stage 03 retrained, POROver's
     pairs came from the previous adapter's refusals."""
