@@ -158,6 +158,16 @@ def build_derta_examples(rows: list[dict], tokenizer, params: SFTParams, seed: i
     return out
 
 
+def labelled_tokens(examples: list[dict]) -> dict[str, int]:
+    """Tokens carrying a label, per kind of example ("sft", "prefix", "rto"): each kind's share of the loss.
+    RTO labels every position of a harmful answer with one token, so its share grows with the answers' length
+    while the other kinds' shrink when they are cut to their openings."""
+    counts: dict[str, int] = {}
+    for e in examples:
+        counts[e["kind"]] = counts.get(e["kind"], 0) + sum(label != IGNORE_INDEX for label in e["labels"])
+    return counts
+
+
 def _check_refusal_text(rows: list[dict], tokenizer, refusal_text: str, opening: int) -> None:
     """A fixed RTO target must open every safe response, or RTO trains a token nothing continues."""
     answers = [split_row(r)[1] for r in rows if r.get("role") == "harmful" and r.get("harmful_response")]

@@ -32,7 +32,7 @@ import torch
 
 from .config import LoraParams, ModelParams, POParams, POVariantParams, SFTParams
 from .cpu_scoring import forward_halves_unpadded, use_cpu_scoring
-from .derta import build_derta_examples, mle_example, split_row
+from .derta import build_derta_examples, labelled_tokens, mle_example, split_row
 from .openings import cut_example, cut_pair
 from .models import load_model, load_tokenizer, pick_device
 
@@ -188,9 +188,11 @@ def _run(trainer, output_dir: Path, ckpt_dir: Path, run_key: dict, record: dict,
     return TrainResult(Path(output_dir), history, runtime, steps, seconds)
 
 
-def _sft_dataset(rows: list[dict], tokenizer, params: SFTParams, seed: int, stop_ids: set[int] = frozenset()):
+def _sft_dataset(rows: list[dict], tokenizer, params: SFTParams, seed: int,
+                 stop_ids: set[int] = frozenset()) -> tuple[object, dict[str, int] | None]:
     """Prompt/completion rows (standard) or pre-tokenised input_ids/labels (DeRTa, or answers cut to their
-    openings: `opening_tokens`, where RTO examples keep their labels)."""
+    openings: `opening_tokens`, where RTO examples keep their labels), and for the latter the labelled tokens
+    per kind of example: what shares the loss."""
     from datasets import Dataset
 
     if not rows:
@@ -200,12 +202,13 @@ def _sft_dataset(rows: list[dict], tokenizer, params: SFTParams, seed: int, stop
                     [{**mle_example(tokenizer, *split_row(row)), "kind": "sft"} for row in rows])
         if params.opening_tokens:
             examples = [e if e["kind"] == "rto" else cut_example(e, params.opening_tokens, stop_ids) for e in examples]
-        return Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        return dataset, labelled_tokens(examples)
     pairs = []
     for row in rows:
         prompt, answer = split_row(row)
         pairs.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
-    return Dataset.from_list(pairs)
+    return Dataset.from_list(pairs), None
 
 
 def build_sft_trainer(rows: list[dict], student: ModelParams, params: SFTParams, output_dir: str | Path,
@@ -221,7 +224,7 @@ def build_sft_trainer(rows: list[dict], student: ModelParams, params: SFTParams,
     model = _prepare_base(model, student, params.gradient_checkpointing, log)
     from .generation import stop_token_ids
 
-    dataset = _sft_dataset(rows, tokenizer, params, seed, set(stop_token_ids(model, tokenizer)))
+    dataset, labelled = _sft_dataset(rows, tokenizer, params, seed, set(stop_token_ids(model, tokenizer)))
     pretokenised = params.objective == "derta" or params.opening_tokens is not None
     args = SFTConfig(**_common_args(params, seed, Path(output_dir) / "checkpoints"),
                      **_precision_and_optim(model, student, log),
@@ -230,8 +233,11 @@ def build_sft_trainer(rows: list[dict], student: ModelParams, params: SFTParams,
                          peft_config=lora_config(params.lora), callbacks=[_log_callback(log)])
     log(f"SFT ({params.objective}): {len(dataset)} examples from {len(rows)} rows, "
         f"{trainer.get_num_trainable_parameters():,} trainable parameters")
+    if labelled:
+        log("labelled tokens: " + ", ".join(f"{kind} {n:,} ({n / sum(labelled.values()):.0%})"
+                                              for kind, n in labelled.items()))
     record = {"stage": "sft", "seed": seed, "student": student.model_dump(), "sft": params.model_dump(),
-              "n_rows": len(rows), "n_examples": len(dataset), "data_hash": _data_hash(rows),
+              "n_rows": len(rows), "n_examples": len(dataset), "labelled_tokens": labelled, "data_hash": _data_hash(rows),
               "optim": args.optim, "bf16": args.bf16, "device": str(args.device)}
     return trainer, record
 

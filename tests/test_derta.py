@@ -173,3 +173,17 @@ def test_the_mid_text_rto_target_is_what_prefix_mle_continues_on_a_metaspace_tok
     continued = prefix["input_ids"][first_label(prefix)]
     mid = [label for label in rto["labels"] if label != IGNORE_INDEX][1:]  # after the turn's opening target
     assert set(mid) == {continued} and continued != lone
+
+
+def test_labelled_tokens_count_each_kinds_share_of_the_loss(tokenizer):
+    """RTO's one target on every harmful position can outweigh the answers it sits beside; the count shows it."""
+    from porover_lib.derta import labelled_tokens
+
+    examples = build_derta_examples([harmful_row(), GENERAL], tokenizer, params(no_prefix_share=0.0), seed=0)
+    counts = labelled_tokens(examples)
+    by_kind = {e["kind"]: sum(label != IGNORE_INDEX for label in e["labels"]) for e in examples}
+    assert counts == by_kind and set(counts) == {"sft", "prefix", "rto"}
+    harmful_tokens = len(tokenizer.encode(HARMFUL, add_special_tokens=False))
+    assert abs(counts["rto"] - (harmful_tokens + 1)) <= 1  # every harmful token and the end of turn after it
+    few = labelled_tokens(build_derta_examples([harmful_row()], tokenizer, params(rto_positions=4), seed=0))
+    assert few["rto"] == 4

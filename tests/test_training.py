@@ -180,6 +180,9 @@ def test_derta_objective_trains_on_prebuilt_labels(tokenizer, tmp_path):
 
     built = build_derta_examples(rows, tokenizer, params, seed=0)
     assert record["n_examples"] == len(built) == 6  # 4 general + prefix + RTO
+    from porover_lib.derta import labelled_tokens
+
+    assert record["labelled_tokens"] == labelled_tokens(built)  # the run records each kind's share of the loss
     assert trainer.train_dataset["labels"] == [e["labels"] for e in built]  # TRL keeps our labels as they are
     out = trainer.train()
     assert trainer.state.global_step == 2 and math.isfinite(out.training_loss)
