@@ -98,13 +98,27 @@ def _po_line(metrics: dict, name: str) -> str | None:
 
 
 def _attack_line(metrics: dict) -> str | None:
+    """DeRTa against standard SFT under the completion attack, and what it costs outside the attack: a student
+    that refuses everything wins the attack too, so the attack's number never stands alone."""
     attack = test_of(metrics, "sft", "derta", "safety", "harmful", attack=True)
     if attack is None:
         return None
     size = metrics.get("completion_attack_size", {})
-    return (f"**DeRTa against standard SFT under the completion attack** ({size.get('attacked', attack['n'])} "
+    line = (f"**DeRTa against standard SFT under the completion attack** ({size.get('attacked', attack['n'])} "
             f"held-out harmful prompts the base model answered unsafely, its first words in place): "
             + _change(attack, "refusing continuations") + ".")
+    useful = test_of(metrics, "sft", "derta", "usefulness", "seemingly_toxic")
+    general = test_of(metrics, "sft", "derta", "refusal_rate", "general")
+    if useful or general:
+        line += " Outside the attack: " + "; ".join(
+            [_change(useful, "usefulness")] + ([_refusals(general)] if general else [])) + "."
+    return line
+
+
+def _refusals(t: dict) -> str:
+    points = 100 * (t["rate_b"] - t["rate_a"])
+    return (f"refusals on general prompts {t['rate_a']:.3f} → {t['rate_b']:.3f} ({points:+.1f} points; {t['b01']} "
+            f"prompts refused only after, {t['b10']} only before, McNemar {_p(t['p'])})")
 
 
 def headline(metrics: dict) -> str:
