@@ -237,6 +237,12 @@ class SFTParams(Strict):
     # loss on each answer's first k tokens only, with no end of turn after them (porover_lib/openings.py): the
     # refuse/answer decision carries the loss. None: whole answers and their end of turn
     opening_tokens: int | None = Field(default=None, ge=1)
+    # at most this share of the adapter's rows harmful (a seeded subset of them, selection.cap_share); None: every
+    # row. DeRTa turns into a refusal reflex when most of its examples come from harmful rows (outputs/tuning, derta_share)
+    harmful_share: float | None = Field(default=None, gt=0.0, lt=1.0)
+    # a variant only: the checkpoint the evaluation compares it with, `sft` or another variant (None: `sft`), e.g.
+    # standard SFT on the same rows beside a DeRTa variant with its own harmful_share
+    compare_with: str | None = None
     # any other SFTConfig field under TRL's own name, e.g. {train_sampling_strategy: group_by_length}
     trl: dict[str, Any] = Field(default_factory=dict)
     # further adapters trained from the same data, each overriding keys of this block, e.g.
@@ -250,10 +256,15 @@ class SFTParams(Strict):
 
     @model_validator(mode="after")
     def _variants_valid(self) -> SFTParams:
+        if self.compare_with is not None and self.variants:
+            raise ValueError("sft.compare_with: only a variant names the checkpoint it is compared with")
         for name in self.variants:
             if "variants" in self.variants[name]:
                 raise ValueError(f"sft.variants.{name}: a variant cannot have variants of its own")
-            self.variant(name)
+            other = self.variant(name).compare_with
+            if other is not None and (other == name or other not in {"sft", *self.variants}):
+                raise ValueError(f"sft.variants.{name}.compare_with: {other!r} is not `sft` or another variant "
+                                 f"({', '.join(v for v in self.variants if v != name) or 'none'})")
         return self
 
     def variant(self, name: str) -> SFTParams:
@@ -456,8 +467,14 @@ class Params(Strict):
 
     def checkpoint_starts(self) -> dict[str, str | None]:
         """Every checkpoint name -> the checkpoint it was trained from (what the text compares it with)."""
-        return {"base": None, "sft": "base", **dict.fromkeys(self.sft.variants, "sft"),
+        return {"base": None, "sft": "base", **{name: self.sft.variant(name).compare_with or "sft"
+                                                  for name in self.sft.variants},
                 **{name: v.start for name, v in self.po.variants.items()}}
+
+    def derta_checkpoints(self) -> set[str]:
+        """Checkpoints trained with DeRTa's objective, or continuing one (plots set them apart)."""
+        ours = {name for name in self.sft.variants if self.sft.variant(name).objective == "derta"}
+        return ours | {name for name, v in self.po.variants.items() if v.start in ours}
 
     def overgen_teachers(self, set_name: str) -> list[str]:
         teachers = self.overgenerate.sets[set_name]

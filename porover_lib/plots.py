@@ -6,7 +6,7 @@ curves live in `training_log`, so editing a figure here reruns no training stage
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +76,12 @@ def rates_with_ci(metrics_dict: Mapping, path: str | Path | None = None) -> Figu
     return finish(fig, path)
 
 
-def completion_attack(attack: Mapping[str, Mapping], path: str | Path | None = None) -> Figure:
+def completion_attack(attack: Mapping[str, Mapping], path: str | Path | None = None,
+                      highlight: Collection[str] = ()) -> Figure:
     """Share of completion-attack prompts whose continuation refuses, per checkpoint, with 95% CIs.
 
-    attack: checkpoint -> {"safety": {"value", "low", "high", "n"}} (metrics.json's completion_attack).
+    attack: checkpoint -> {"safety": {"value", "low", "high", "n"}} (metrics.json's completion_attack);
+    highlight: checkpoints drawn in a second colour (DeRTa's, Params.derta_checkpoints).
     """
     if not attack:
         raise ValueError("completion_attack: no checkpoints")
@@ -89,7 +91,7 @@ def completion_attack(attack: Mapping[str, Mapping], path: str | Path | None = N
     highs = [attack[c]["safety"]["high"] - r for r, c in zip(rates, names)]
     fig, ax = figure((max(4.5, 1.2 + 0.9 * len(names)), 3.4))
     ax.bar(range(len(names)), rates, yerr=[lows, highs], capsize=3,
-           color=[sns.color_palette("deep")[3 if "derta" in c else 0] for c in names])
+           color=[sns.color_palette("deep")[3 if c in highlight else 0] for c in names])
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("checkpoint")

@@ -34,6 +34,7 @@ from .config import LoraParams, ModelParams, POParams, POVariantParams, SFTParam
 from .cpu_scoring import forward_halves_unpadded, use_cpu_scoring
 from .derta import build_derta_examples, labelled_tokens, mle_example, split_row
 from .openings import cut_example, cut_pair
+from .selection import cap_share
 from .models import load_model, load_tokenizer, pick_device
 
 Log = Callable[[str], None]
@@ -250,7 +251,8 @@ def train_sft(rows: list[dict], student: ModelParams, params: SFTParams, output_
     tokenizer, params.json and log_history.json to `output_dir`.
     """
     output_dir = Path(output_dir)
-    trainer, record = build_sft_trainer(rows, student, params, output_dir, seed, log, model, tokenizer)
+    trainer, record = build_sft_trainer(cap_share(rows, "harmful", params.harmful_share, seed), student, params,
+                                        output_dir, seed, log, model, tokenizer)
     run_key = {k: record[k] for k in ("seed", "student", "sft", "data_hash")}
     return _run(trainer, output_dir, output_dir / "checkpoints", run_key, record, trainer.processing_class, log)
 

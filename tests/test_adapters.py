@@ -12,7 +12,7 @@ PARAMS = Path(__file__).resolve().parents[1] / "params"
 def test_checkpoint_and_start_folders_follow_the_variant_names(tmp_path):
     params = load_params(PARAMS / "default.yaml")
     sft, po, variants = tmp_path / "sft", tmp_path / "po", tmp_path / "sft_variants"
-    dirs = [sft, variants / "derta"] + [po / name for name in params.po.variants]
+    dirs = [sft] + [variants / name for name in params.sft.variants] + [po / name for name in params.po.variants]
     for d in dirs:
         d.mkdir(parents=True)
     found = adapters.checkpoint_dirs(params, sft, po, variants)

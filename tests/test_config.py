@@ -112,6 +112,23 @@ def test_extends_cycle_is_reported(tmp_path):
 def test_checkpoint_starts_follow_the_variants():
     params = load_params(PARAMS / "default.yaml")
     starts = params.checkpoint_starts()
-    assert starts["sft"] == "base" and starts["derta"] == "sft" and starts["po_derta"] == "derta"
-    assert params.sft.variant("derta").objective == "derta"
-    assert params.sft.variant("derta").learning_rate == params.sft.learning_rate  # the rest is inherited
+    assert starts["sft"] == "base" and starts["po_derta"] == "derta"
+    # DeRTa is measured against standard SFT on its own rows, which is measured against the run's SFT
+    assert starts["derta"] == "sft_derta_rows" and starts["sft_derta_rows"] == "sft"
+    derta, rows = params.sft.variant("derta"), params.sft.variant("sft_derta_rows")
+    assert derta.objective == "derta" and rows.objective == "standard"
+    assert derta.harmful_share == rows.harmful_share is not None  # the same rows
+    assert derta.learning_rate == params.sft.learning_rate  # the rest is inherited
+    assert params.derta_checkpoints() == {"derta", "po_derta"}
+
+
+@pytest.mark.parametrize("variants, expected", [
+    ({"derta": {"compare_with": "derta"}}, "'derta' is not `sft` or another variant"),
+    ({"derta": {"compare_with": "nowhere"}, "x": {}}, "'nowhere' is not `sft` or another variant \\(x\\)"),
+])
+def test_a_variant_is_compared_with_sft_or_another_variant(variants, expected):
+    from porover_lib.config import SFTParams
+
+    with pytest.raises(ValueError, match=expected):
+        SFTParams(variants=variants)
+    assert SFTParams(variants={"derta": {"compare_with": "x"}, "x": {}}).variant("derta").compare_with == "x"

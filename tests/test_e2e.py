@@ -61,12 +61,13 @@ def test_every_stage_ran_and_wrote_its_outputs(smoke_run):
     assert trained["n_pairs"] == len(pairs) and trained["po"]["opening_tokens"] == 16  # the decision carries the loss
 
     metrics = json.loads((work / "outputs" / "metrics.json").read_text())
-    assert set(metrics["summary"]) == {"base", "sft", "derta", "po", "dpo", "po_derta"}
+    assert set(metrics["summary"]) == {"base", "sft", "sft_derta_rows", "derta", "po", "dpo", "po_derta"}
     probes = {(r["checkpoint"], r["layer"]) for r in metrics["probe"]}
     assert probes == {(c, layer) for c in metrics["summary"] for layer in range(31)}  # every checkpoint, every layer
     assert set(metrics["word_test"]["sft"]) == {"seemingly_toxic_with_alarm_word", "harmful_without_alarm_word"}
     compared = {(t["checkpoint_a"], t["checkpoint_b"]) for t in metrics["paired_tests"]}
-    assert {("base", "sft"), ("sft", "derta"), ("sft", "po"), ("derta", "po_derta")} <= compared
+    assert {("base", "sft"), ("sft", "sft_derta_rows"), ("sft_derta_rows", "derta"), ("sft", "po"),
+            ("derta", "po_derta")} <= compared
     attacked = jsonl(work / "data" / "eval" / "attack_judged.jsonl")
     assert set(metrics["completion_attack"]) == ({r["checkpoint"] for r in attacked} if attacked else set())
     base = {r["prompt_id"]: r["completion"] for r in jsonl(work / "data" / "eval" / "judged.jsonl")
@@ -92,5 +93,5 @@ def test_second_repro_does_nothing_and_a_po_param_reruns_only_05_and_06(smoke_ru
     # 06 caches responses per (checkpoint, set, settings): base and the SFT adapters are reused,
     # only the retrained preference variants regenerate
     cached = Counter(p.name.split("__")[0] for p in (work / "data" / "eval" / "responses").glob("*.jsonl"))
-    assert cached["base"] >= 3 and cached["sft"] == cached["derta"] == cached["base"]
+    assert cached["base"] >= 3 and cached["sft"] == cached["sft_derta_rows"] == cached["derta"] == cached["base"]
     assert cached["po"] == cached["po_derta"] == 2 * cached["base"]

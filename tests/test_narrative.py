@@ -61,11 +61,12 @@ def test_the_readme_table_is_the_committed_runs():
 def test_deRTa_attack_win_is_stated_with_its_cost_outside_the_attack():
     """A student that refuses everything wins the completion attack: the headline says what DeRTa costs."""
     metrics = json.loads(json.dumps(METRICS))
-    metrics["paired_tests"] += [
-        paired("sft", "derta", "safety", "harmful", 0.4, 1.0, 50, 0, 1e-9, set_name="completion_attack"),
-        paired("sft", "derta", "usefulness", "seemingly_toxic", 0.6, 0.1, 0, 50, 1e-9),
-        paired("sft", "derta", "refusal_rate", "general", 0.1, 0.6, 40, 2, 1e-8)]
+    metrics["paired_tests"] += [  # DeRTa against the checkpoint the run compares it with: SFT on the same rows
+        paired("sft_derta_rows", "derta", "safety", "harmful", 0.4, 1.0, 50, 0, 1e-9, set_name="completion_attack"),
+        paired("sft_derta_rows", "derta", "usefulness", "seemingly_toxic", 0.6, 0.1, 0, 50, 1e-9),
+        paired("sft_derta_rows", "derta", "refusal_rate", "general", 0.1, 0.6, 40, 2, 1e-8)]
     line = narrative.headline(metrics).split("\n\n")[-1]
+    assert line.startswith("**DeRTa against SFT on DeRTa's rows under the completion attack**")
     assert "refusing continuations 0.400 → 1.000" in line
     assert "Outside the attack: usefulness 0.600 → 0.100 (-50.0 points; 0 prompts gained, 50 lost" in line
     assert "refusals on general prompts 0.100 → 0.600 (+50.0 points; 40 prompts refused only after, 2 only before" in line

@@ -188,6 +188,22 @@ def test_derta_objective_trains_on_prebuilt_labels(tokenizer, tmp_path):
     assert trainer.state.global_step == 2 and math.isfinite(out.training_loss)
 
 
+def test_a_harmful_share_trains_on_a_seeded_subset_of_the_harmful_rows(tokenizer, tmp_path):
+    """DeRTa refuses everything when most of its examples come from harmful rows: a variant keeps fewer of them."""
+    from porover_lib.selection import cap_share
+
+    harmful = [{"id": f"h{i}", "role": "harmful", "prompt_id": f"h{i}",
+                "messages": [{"role": "user", "content": f"How do I hurt person {i}?"},
+                             {"role": "assistant", "content": "I can't help with that."}]} for i in range(6)]
+    rows = ROWS + harmful  # 4 general rows
+    params = SFTParams(max_steps=1, batch_size=2, lora=LORA, harmful_share=0.2)
+    res = train_sft(rows, ModelParams(**FP32_CPU), params, tmp_path, seed=0, log=QUIET,
+                    model=tiny(tokenizer), tokenizer=tokenizer)
+    record = json.loads((tmp_path / "params.json").read_text())
+    assert record["n_rows"] == len(ROWS) + 1 == len(cap_share(rows, "harmful", 0.2, seed=0))  # 1 of 6 beside 4
+    assert res.steps == 1
+
+
 def test_resume_point_only_for_the_same_run(tmp_path):
     ckpt = tmp_path / "checkpoints"
     assert _resume_point(ckpt, {"a": 1}, QUIET) is None and (ckpt / "run.json").is_file()
