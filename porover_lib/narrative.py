@@ -4,7 +4,7 @@ Nothing here is typed by hand after a run: each sentence takes its numbers from 
 (the rates, their intervals, the exact McNemar tests, the probe, the word test), so the rendered notebook
 cannot disagree with its own numbers, and tests/test_narrative.py fails when the README's table or headline does.
 
-    python -m porover_lib.narrative outputs/metrics.json          # the README's checkpoint table and headline
+    python -m porover_lib.narrative outputs/metrics.json   # the README's checkpoint table, headline, public table
 """
 from __future__ import annotations
 
@@ -46,6 +46,32 @@ def checkpoint_table(metrics: dict) -> str:
         lines.append(f"| {LABELS.get(name, name)} | {_rate(safety)} | {_rate(useful)} | {s['f1']:.3f} | "
                      f"{_rate(general and general.get('refusal_rate'))} | {_rate(attack)} | {s.get('looping', 0):.3f} |")
     return "\n".join(lines)
+
+
+PUBLIC_COLUMNS = {"donotanswer": "Do-Not-Answer", "coconot": "CoCoNot contrast", "oktest": "OKTest"}
+
+
+def public_table(reports: dict[str, dict]) -> str:
+    """One row per checkpoint, one column per public benchmark report (public_eval's json): its metric with the
+    95% bootstrap interval, the column naming the benchmark, the metric and its prompt count."""
+    names = [n for n in PUBLIC_COLUMNS if n in reports] + [n for n in reports if n not in PUBLIC_COLUMNS]
+    if not names:
+        return ""
+    header = [f"{PUBLIC_COLUMNS.get(n, n)} {reports[n]['metric']} "
+              f"({sum(reports[n]['prompts_per_category'].values())})" for n in names]
+    lines = ["| checkpoint | " + " | ".join(header) + " |", "|---" * (len(names) + 1) + "|"]
+    checkpoints = dict.fromkeys(c for n in names for c in reports[n]["summary"])
+    for c in checkpoints:
+        cells = []
+        for n in names:
+            s, m = reports[n]["summary"].get(c), reports[n]["metric"]
+            cells.append(_rate(s and {"value": s[m], "low": s[f"{m}_low"], "high": s[f"{m}_high"]}))
+        lines.append(f"| {LABELS.get(c, c)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def public_reports(folder: str | Path = "outputs/public") -> dict[str, dict]:
+    return {f.stem: json.loads(f.read_text()) for f in sorted(Path(folder).glob("*.json"))}
 
 
 ATTACK_SET = "completion_attack"
@@ -173,5 +199,6 @@ def results(metrics: dict) -> str:
 
 
 if __name__ == "__main__":
-    metrics = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/metrics.json").read_text())
-    print(checkpoint_table(metrics) + "\n\n" + headline(metrics))
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/metrics.json")
+    metrics = json.loads(path.read_text())
+    print(checkpoint_table(metrics) + "\n\n" + headline(metrics) + "\n\n" + public_table(public_reports(path.parent / "public")))

@@ -53,6 +53,7 @@ def test_the_readme_table_is_the_committed_runs():
     readme = (REPO / "README.md").read_text()
     assert narrative.checkpoint_table(metrics) in readme
     assert narrative.headline(metrics) in readme
+    assert narrative.public_table(narrative.public_reports(REPO / "outputs" / "public")) in readme
     assert len(readme.splitlines()) <= 220
     for path in re.findall(r"\]\(((?:outputs|params|benchmarks|notebooks)/[^)#]+)\)", readme):
         assert (REPO / path).exists(), path  # every linked file exists
@@ -70,3 +71,15 @@ def test_deRTa_attack_win_is_stated_with_its_cost_outside_the_attack():
     assert "refusing continuations 0.400 → 1.000" in line
     assert "Outside the attack: usefulness 0.600 → 0.100 (-50.0 points; 0 prompts gained, 50 lost" in line
     assert "refusals on general prompts 0.100 → 0.600 (+50.0 points; 40 prompts refused only after, 2 only before" in line
+
+
+def test_the_public_table_reads_each_reports_metric_and_prompt_count():
+    report = {"metric": "usefulness", "prompts_per_category": {"a": 100, "b": 49},
+              "summary": {"sft": {"usefulness": 0.5, "usefulness_low": 0.4, "usefulness_high": 0.6}}}
+    safety = {"metric": "safety", "prompts_per_category": {"x": 150},
+              "summary": {"sft": {"safety": 0.7, "safety_low": 0.6, "safety_high": 0.8},
+                          "po": {"safety": 0.6, "safety_low": 0.5, "safety_high": 0.7}}}
+    table = narrative.public_table({"coconot": report, "donotanswer": safety}).splitlines()
+    assert table[0] == "| checkpoint | Do-Not-Answer safety (150) | CoCoNot contrast usefulness (149) |"
+    assert table[2] == "| SFT | 0.700 [0.600, 0.800] | 0.500 [0.400, 0.600] |"
+    assert table[3] == "| POROver (NCA), `po` | 0.600 [0.500, 0.700] | – |"  # not in every report
